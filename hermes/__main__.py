@@ -1,0 +1,3 @@
+from hermes.entry import hermes_main
+
+hermes_main()

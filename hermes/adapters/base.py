@@ -1,0 +1,84 @@
+"""The adapter base class: the lifecycle contract every platform adapter follows.
+
+An adapter instance lives for one connection attempt sequence: the supervisor
+builds it with a :class:`~watchdog.heartbeat.PlatformHandle`, runs :meth:`Adapter.run`
+as a named task, and on shutdown or restart calls :meth:`Adapter.close`. A restart
+always builds a *new* instance. The contract:
+
+1. ``run()`` starts in ``starting`` (declared by the watchdog before the call).
+2. Declare ``connected`` once the platform has proved the session usable (a READY,
+   a successful poll), ``reconnecting`` while between connections.
+3. Call ``handle.beat()`` from the code path that proves the platform alive: a
+   heartbeat ACK received, a long poll returned, an event dispatched. Never from a
+   timer of your own: a timer keeps beating for a dead connection.
+4. On an error you cannot recover from, call ``handle.fatal(code, message,
+   retryable=...)`` and return. Bad credentials or a ban: ``retryable=False``.
+5. Return from ``run()`` only after ``close()`` was called (declare ``stopped``
+   first). Any other return is caught as ``adapter_exited``, an exception as
+   ``adapter_crashed``; a ``connected`` adapter that stops beating is caught by
+   its TTL. The watchdog does not trust the adapter to get this right.
+6. ``close()`` is idempotent and makes ``run()`` return within the supervisor's
+   ``close_timeout``; after that the task is cancelled.
+
+Adapters never touch the database, the scheduler or systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict
+
+from watchdog.heartbeat import PlatformHandle
+from watchdog.states import DeclaredState
+
+
+class AdapterSettings(BaseModel):
+    """Base for an adapter's own keys in its ``[platforms.NAME]`` table. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Adapter(ABC):
+    """One platform connection; see the module docstring for the lifecycle contract."""
+
+    kind: ClassVar[str] = ""
+    """The ``adapter = "..."`` name, stored in ``platform_state.adapter``."""
+    Settings: ClassVar[type[AdapterSettings]] = AdapterSettings
+
+    def __init__(self, name: str, settings: AdapterSettings, handle: PlatformHandle) -> None:
+        self.name = name
+        self.settings = settings
+        self.handle = handle
+        self.log = logger.bind(platform=name)
+        self._closing = asyncio.Event()
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Connect and serve until :meth:`close` is called."""
+
+    async def close(self) -> None:
+        """Ask :meth:`run` to finish. Subclasses also close their connections here."""
+        self._closing.set()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    async def pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until :meth:`close` is called, whichever is first; True if closing."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def stopped(self) -> None:
+        """Declare ``stopped``; call it right before ``run()`` returns after ``close()``."""
+        self.handle.declare(DeclaredState.STOPPED)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,351 @@
+"""The gateway process: store, scheduler, watchdog job and supervised adapters on one event loop.
+
+Start-up order: check timing against systemd's watchdog (exit 78 before touching
+anything), open and migrate the store (extending systemd's start timeout while
+that runs long), record this instance, start the store writer, the scheduler and
+the watchdog job, start the adapters, send ``READY=1``.
+
+Stop: SIGTERM/SIGINT (exit 0) or an escalation (exit 75, or 78 when a restart
+cannot help) send ``STOPPING=1``, stop the pings, close the adapters within
+their time limit, flush the final state and record how the instance ended.
+SIGHUP reloads the configuration (``RELOADING=1`` ... ``READY=1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from loguru import logger
+
+import hermes
+from hermes.config import GatewayConfig, PlatformConfig, load_config
+from watchdog.clock import Clock, SystemClock
+from watchdog.engine import EXIT_ESCALATE, EXIT_NOT_RETRYABLE, Escalation, WatchdogEngine
+from watchdog.exceptions import ConfigError, StoreError, WatchdogTimingError
+from watchdog.heartbeat import HeartbeatBoard, PlatformHandle
+from watchdog.job import WatchdogJob
+from watchdog.notify import Notifier
+from watchdog.store import StateStore
+from watchdog.supervisor import PlatformSpec, Supervised, Supervisor
+from watchdog.tasks import TaskRegistry
+from watchdog.threads import in_thread
+from watchdog.writer import StoreWriter
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+
+
+def platform_spec(pc: PlatformConfig) -> PlatformSpec:
+    def factory(handle: PlatformHandle) -> Supervised:
+        return pc.adapter_class(pc.name, pc.settings, handle)
+
+    return PlatformSpec(
+        name=pc.name,
+        kind=pc.adapter_class.kind or pc.adapter,
+        required=pc.supervision.required,
+        policy=pc.supervision.policy(),
+        factory=factory,
+    )
+
+
+class Gateway:
+    """One run of the gateway; :meth:`run` returns the process exit code."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        notifier: Notifier | None = None,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.environ = os.environ if environ is None else environ
+        self.notifier = notifier if notifier is not None else Notifier.from_environ(unset=True)
+        self.clock: Clock = clock or SystemClock()
+        self.instance_id = str(uuid.uuid4())
+        self.tasks = TaskRegistry()
+        self.board = HeartbeatBoard(self.clock.monotonic)
+        self.engine = WatchdogEngine(self.board)
+        self.supervisor = Supervisor(
+            self.board, self.engine, self.tasks, close_timeout=config.watchdog.close_timeout
+        )
+        self.store: StateStore | None = None
+        self.writer: StoreWriter | None = None
+        self.job: WatchdogJob | None = None
+        self.scheduler: AsyncIOScheduler | None = None
+        self.exit_code = EXIT_OK
+        self.exit_reason = ""
+        self.ready = asyncio.Event()
+        """Set once READY=1 was sent (for tests and embedding)."""
+        self._stop: asyncio.Event | None = None
+        self._reloading: asyncio.Task[Any] | None = None
+        self._signals: list[int] = []
+
+    # -- public
+
+    async def run(self) -> int:
+        self._stop = asyncio.Event()
+        try:
+            self.notifier.check_tick_interval(self.config.watchdog.tick_interval)
+        except WatchdogTimingError as exc:
+            logger.error("{}", exc)
+            return EXIT_NOT_RETRYABLE
+        self._install_signals()
+        try:
+            try:
+                await self._start()
+            except StoreError as exc:
+                logger.error("state store unavailable at start: {}", exc)
+                self.request_stop(EXIT_ESCALATE, f"state store unavailable at start: {exc}")
+            else:
+                self.notifier.ready()
+                self.ready.set()
+                logger.info(
+                    "gateway ready: {} platforms, tick every {:g} s, store {}, systemd {}",
+                    len(self.config.platforms),
+                    self.config.watchdog.tick_interval,
+                    self.store.name if self.store else "-",
+                    _systemd_summary(self.notifier),
+                )
+            await self._stop.wait()
+            return await self._shutdown()
+        finally:
+            self._remove_signals()
+            self.notifier.close()
+
+    def request_stop(self, code: int, reason: str) -> None:
+        """Begin a graceful stop with this exit code; the first request wins."""
+        assert self._stop is not None
+        if self._stop.is_set():
+            logger.info("already stopping ({}); ignoring: {}", self.exit_reason, reason)
+            return
+        self.exit_code, self.exit_reason = code, reason
+        self._stop.set()
+
+    # -- start
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.store = StateStore(cfg.database_url)
+        async with self.notifier.extending_timeout("opening the state store"):
+            before, after = await in_thread(self.store.migrate, name="hermes-migrate")
+            if before != after:
+                logger.info(
+                    "state store {} migrated from {} to schema {}",
+                    self.store.name,
+                    before or "empty",
+                    after,
+                )
+            else:
+                logger.info("state store {} at schema {}", self.store.name, after)
+            closed = await in_thread(
+                self.store.begin_instance, self._instance_row(), name="hermes-store-open"
+            )
+        for old in closed:
+            logger.warning(
+                "previous gateway instance {} (pid {}) ended without a clean stop",
+                old["id"][:8],
+                old["pid"],
+            )
+        self.writer = StoreWriter(
+            self.store, self.instance_id, slow_after=max(5.0, 2 * cfg.watchdog.tick_interval)
+        )
+        self.job = WatchdogJob(
+            self.engine,
+            self.supervisor,
+            self.notifier,
+            self.writer,
+            clock=self.clock,
+            tick_interval=cfg.watchdog.tick_interval,
+            trigger_on_escalation=cfg.watchdog.trigger_on_escalation,
+            heartbeat_persist_interval=cfg.store.heartbeat_persist_interval,
+            on_escalate=self._on_escalate,
+        )
+        for pc in cfg.platforms.values():
+            self.supervisor.add(platform_spec(pc))
+        now = self.clock.monotonic()
+        wall = self.clock.wall()
+        rows = [self.job.row(r, wall, now) for r in self.board]
+        for r in self.board:
+            r.dirty = False
+        removed = await in_thread(self.store.replace_platforms, rows, name="hermes-store-open")
+        for name in removed:
+            logger.bind(platform=name).info("platform no longer configured; removed from the store")
+            self.job.record_removed(name)
+        self.writer.start()
+        self.scheduler = AsyncIOScheduler()
+        self.scheduler.start()
+        self.job.install(self.scheduler)
+
+    def _instance_row(self) -> dict[str, Any]:
+        return {
+            "id": self.instance_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": hermes.__version__,
+            "started_at": self.clock.wall(),
+            "last_tick_at": None,
+            "tick_interval": self.config.watchdog.tick_interval,
+            "pinging": False,
+            "status_text": "starting",
+            "store_failures": 0,
+        }
+
+    # -- escalation
+
+    def _on_escalate(self, esc: Escalation) -> None:
+        if esc.exit_code == EXIT_ESCALATE and self.config.watchdog.trigger_on_escalation:
+            # WATCHDOG=trigger makes systemd send WatchdogSignal= (SIGABRT by default) right away.
+            # Until now SIGABRT meant "frozen": faulthandler dumps every stack. From here on it is
+            # the expected answer to our trigger, and must not cut the graceful stop short.
+            self._add_signal(signal.SIGABRT, self._on_abort)
+        self.request_stop(esc.exit_code, esc.describe())
+
+    def _on_abort(self) -> None:
+        logger.info("SIGABRT from systemd answering our WATCHDOG=trigger; finishing the stop")
+
+    # -- stop
+
+    async def _shutdown(self) -> int:
+        code, reason = self.exit_code, self.exit_reason
+        budget = self.config.gateway.shutdown_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        self.notifier.stopping(f"stopping (exit {code}): {reason}")
+        logger.info("stopping (exit {}): {}", code, reason)
+        if self._reloading is not None:
+            self._reloading.cancel()
+        if self.job is not None:
+            self.job.uninstall()
+        try:
+            await asyncio.wait_for(self.supervisor.stop_all(), max(0.1, budget * 0.6))
+        except TimeoutError:
+            logger.error("adapters did not all stop within {:.1f} s", budget * 0.6)
+        if self.job is not None and self.writer is not None:
+            self.writer.submit(self.job.final_batch(code, reason))
+            left = max(0.5, deadline - loop.time())
+            if await in_thread(self.writer.stop, left, name="hermes-store-flush"):
+                logger.info("final state written to the store")
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        stuck = await self.tasks.cancel_all(grace=max(0.1, min(2.0, deadline - loop.time())))
+        if stuck:
+            logger.error("tasks still running at exit: {}", ", ".join(stuck))
+        if self.store is not None:
+            self.store.close()
+        logger.info("stopped (exit {})", code)
+        return code
+
+    # -- reload
+
+    def _on_hup(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            logger.warning("SIGHUP ignored: a reload is already running")
+            return
+        self._reloading = self.tasks.spawn(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Re-read the configuration and apply what changed; keep running on any error."""
+        self.notifier.reloading()
+        try:
+            try:
+                new = await in_thread(
+                    load_config, self.config.path, self.environ, name="hermes-reload"
+                )
+            except ConfigError as exc:
+                for line in exc.problems:
+                    logger.error("reload rejected: {}: {}", exc.source, line)
+                self.notifier.status(
+                    f"reload rejected ({len(exc.problems)} problems); running the previous configuration"
+                )
+                return False
+            await self._apply(new)
+            return True
+        finally:
+            self.notifier.ready()
+
+    async def _apply(self, new: GatewayConfig) -> None:
+        old = self.config
+        if new.database_url != old.database_url:
+            logger.warning("store settings changed; they take effect at the next restart")
+        if self.job is not None and new.watchdog.tick_interval != old.watchdog.tick_interval:
+            try:
+                self.job.reschedule(new.watchdog.tick_interval)
+            except WatchdogTimingError as exc:
+                logger.error(
+                    "reload: {}; keeping tick_interval = {:g} s", exc, old.watchdog.tick_interval
+                )
+                new = _replace_watchdog(new, old)
+        if self.job is not None:
+            self.job.trigger_on_escalation = new.watchdog.trigger_on_escalation
+            self.job.heartbeat_persist_interval = new.store.heartbeat_persist_interval
+        self.supervisor.close_timeout = new.watchdog.close_timeout
+        if new.gateway.log_level != old.gateway.log_level:
+            from hermes.logs import setup_logging
+
+            setup_logging(new.gateway.log_level)
+        removed = [n for n in old.platforms if n not in new.platforms]
+        changed = [
+            n
+            for n, pc in new.platforms.items()
+            if n in old.platforms
+            and (pc.raw != old.platforms[n].raw or pc.supervision != old.platforms[n].supervision)
+        ]
+        added = [n for n in new.platforms if n not in old.platforms]
+        for name in removed + changed:
+            await self.supervisor.remove(name)
+            if name in removed and self.job is not None:
+                self.job.record_removed(name)
+        for name in changed + added:
+            self.supervisor.add(platform_spec(new.platforms[name]))
+        self.config = new
+        logger.info(
+            "configuration reloaded: {} added, {} changed, {} removed",
+            len(added),
+            len(changed),
+            len(removed),
+        )
+
+    # -- signals
+
+    def _install_signals(self) -> None:
+        self._add_signal(signal.SIGTERM, lambda: self.request_stop(EXIT_OK, "SIGTERM"))
+        self._add_signal(signal.SIGINT, lambda: self.request_stop(EXIT_OK, "SIGINT"))
+        self._add_signal(signal.SIGHUP, self._on_hup)
+
+    def _add_signal(self, signum: int, handler: Any) -> None:
+        try:
+            asyncio.get_running_loop().add_signal_handler(signum, handler)
+        except (NotImplementedError, RuntimeError, ValueError):
+            return  # not the main thread (embedded in tests): signals are the embedder's business
+        self._signals.append(signum)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._signals:
+            loop.remove_signal_handler(signum)
+        self._signals.clear()
+
+
+def _replace_watchdog(new: GatewayConfig, old: GatewayConfig) -> GatewayConfig:
+    from dataclasses import replace
+
+    return replace(
+        new, watchdog=new.watchdog.model_copy(update={"tick_interval": old.watchdog.tick_interval})
+    )
+
+
+def _systemd_summary(notifier: Notifier) -> str:
+    if not notifier.enabled:
+        return "not notified (no NOTIFY_SOCKET)"
+    if notifier.watchdog_timeout is None:
+        return "notified, watchdog off"
+    return f"notified, WatchdogSec={notifier.watchdog_timeout:g}s"

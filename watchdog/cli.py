@@ -1,0 +1,391 @@
+"""``hermes-watchdog``: what the watchdog saw, read from the state store.
+
+``status`` exits like a Nagios plugin: 0 ok, 1 degraded, 2 fatal or gateway not
+ticking, 3 unknown (no store, no instance, unreadable store, bad arguments).
+It reads the store read-only and works after the gateway died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+from watchdog.exceptions import ConfigError, StoreError
+from watchdog.table import age, render
+
+OK, DEGRADED, CRITICAL, UNKNOWN = 0, 1, 2, 3
+DEFAULT_CONFIG = "/etc/hermes/gateway.toml"
+STALE_TICKS = 3
+STALE_FLOOR = 5.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse exits 2, which a monitoring system would read as CRITICAL.
+        self.print_usage(sys.stderr)
+        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="hermes-watchdog",
+        description="Read what the hermes watchdog recorded: platform health and history.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def source(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument(
+            "--config",
+            metavar="FILE",
+            help=f"gateway configuration whose [store] to read (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
+        )
+        group.add_argument("--database", metavar="URL", help="SQLAlchemy URL of the state store")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    status = sub.add_parser(
+        "status", help="one row per platform; exit 0 ok, 1 degraded, 2 fatal, 3 unknown"
+    )
+    source(status)
+    status.add_argument(
+        "--stale-after",
+        metavar="SECONDS",
+        type=float,
+        help=f"call the gateway not ticking after this long without a tick "
+        f"(default: {STALE_TICKS} tick intervals, at least {STALE_FLOOR:g} s)",
+    )
+    history = sub.add_parser("history", help="state and health transitions, oldest first")
+    source(history)
+    history.add_argument("platform", nargs="?", help="only this platform")
+    history.add_argument(
+        "--since", metavar="WHEN", help='e.g. "30m", "2h", "1d" or an ISO date/time'
+    )
+    history.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="newest N rows (default 50)"
+    )
+    return parser
+
+
+# -- reports
+
+
+@dataclass(slots=True)
+class StatusReport:
+    overall: str
+    exit_code: int
+    summary: str
+    checked_at: datetime
+    store: str | None = None
+    instance: dict[str, Any] | None = None
+    platforms: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _seconds(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else (now - then).total_seconds()
+
+
+def assess(
+    instance: Mapping[str, Any] | None,
+    platforms: Sequence[Mapping[str, Any]],
+    now: datetime,
+    stale_after: float | None = None,
+) -> StatusReport:
+    """Turn stored rows into a verdict; pure, ``now`` is passed in."""
+    rows = []
+    for p in platforms:
+        row = dict(p)
+        row["since_seconds"] = _seconds(now, p.get("health_since"))
+        row["heartbeat_age_seconds"] = _seconds(now, p.get("last_heartbeat_at"))
+        rows.append(row)
+    if instance is None:
+        return StatusReport(
+            "unknown",
+            UNKNOWN,
+            "UNKNOWN: no gateway instance recorded in the store",
+            now,
+            platforms=rows,
+        )
+
+    inst = dict(instance)
+    interval = float(inst["tick_interval"])
+    limit = stale_after if stale_after is not None else max(STALE_TICKS * interval, STALE_FLOOR)
+    tick_age = _seconds(now, inst.get("last_tick_at"))
+    inst["uptime_seconds"] = _seconds(inst.get("stopped_at") or now, inst["started_at"])
+    inst["last_tick_age_seconds"] = tick_age
+    ticking = inst.get("stopped_at") is None and tick_age is not None and tick_age <= limit
+    inst["ticking"] = ticking
+
+    if inst.get("stopped_at") is not None:
+        code = inst.get("exit_code")
+        why = f"exit {code}" if code is not None else "no exit code"
+        reason = inst.get("exit_reason") or ""
+        summary = f"CRITICAL: gateway stopped {age(_seconds(now, inst['stopped_at']))} ago ({why}{': ' + reason if reason else ''})"
+        return StatusReport("stopped", CRITICAL, summary, now, instance=inst, platforms=rows)
+    if not ticking:
+        last = "never" if tick_age is None else f"{age(tick_age)} ago"
+        summary = (
+            f"CRITICAL: gateway not ticking (last tick {last}, every {interval:g} s): "
+            "hung or dead, whatever the platform rows claim"
+        )
+        return StatusReport("not_ticking", CRITICAL, summary, now, instance=inst, platforms=rows)
+
+    fatal_req = [r for r in rows if r["health"] == "fatal" and r["required"]]
+    fatal_opt = [r for r in rows if r["health"] == "fatal" and not r["required"]]
+    troubled = [r for r in rows if r["health"] in ("degraded", "failing")]
+
+    def names(rs: list[dict[str, Any]]) -> str:
+        return ", ".join(
+            f"{r['platform']}"
+            + (f": {r['reason_code']}" if r.get("reason_code") else f" ({r['declared_state']})")
+            for r in rs
+        )
+
+    total = len(rows)
+    if fatal_req:
+        return StatusReport(
+            "fatal",
+            CRITICAL,
+            f"CRITICAL: {len(fatal_req)} of {total} platforms fatal ({names(fatal_req)})",
+            now,
+            instance=inst,
+            platforms=rows,
+        )
+    if fatal_opt or troubled:
+        parts = []
+        if fatal_opt:
+            parts.append(f"optional fatal: {names(fatal_opt)}")
+        if troubled:
+            parts.append(f"degraded: {names(troubled)}")
+        return StatusReport(
+            "degraded", DEGRADED, "WARNING: " + "; ".join(parts), now, instance=inst, platforms=rows
+        )
+    return StatusReport(
+        "ok", OK, f"OK: {total} of {total} platforms ok", now, instance=inst, platforms=rows
+    )
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return value
+
+
+def report_json(report: StatusReport, error: str | None = None) -> str:
+    doc = {
+        "overall": report.overall,
+        "exit_code": report.exit_code,
+        "summary": report.summary,
+        "checked_at": _iso(report.checked_at),
+        "store": report.store,
+        "error": error,
+        "instance": None
+        if report.instance is None
+        else {k: _iso(v) for k, v in report.instance.items()},
+        "platforms": [{k: _iso(v) for k, v in p.items()} for p in report.platforms],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+def report_text(report: StatusReport) -> str:
+    lines = [report.summary]
+    inst = report.instance
+    if inst is not None:
+        lines.append(
+            f"gateway {inst['id'][:8]} on {inst['host']} pid {inst['pid']} (hermes {inst['version']}), "
+            f"up {age(inst['uptime_seconds'])}, last tick {age(inst['last_tick_age_seconds'])} ago "
+            f"(every {float(inst['tick_interval']):g} s), "
+            + ("pinging systemd" if inst["pinging"] and inst["ticking"] else "NOT pinging systemd")
+        )
+        if inst.get("store_failures"):
+            lines.append(
+                f"store: {inst['store_failures']} failed writes, last at {_local(inst.get('store_last_error_at'))}: "
+                f"{inst.get('store_last_error')}"
+            )
+        if inst.get("status_text"):
+            lines.append(f"status: {inst['status_text']}")
+    if report.store:
+        lines.append(f"store: {report.store}")
+    if report.platforms:
+        headers = [
+            "PLATFORM",
+            "ADAPTER",
+            "DECLARED",
+            "HEALTH",
+            "HEARTBEAT/TTL",
+            "SINCE",
+            "RESTARTS",
+            "REASON",
+        ]
+        rows = []
+        for p in report.platforms:
+            hb_age = p["heartbeat_age_seconds"]
+            hb = f"{age(hb_age)}/{float(p['heartbeat_ttl']):g}s"
+            if (
+                hb_age is not None
+                and p["declared_state"] == "connected"
+                and hb_age > p["heartbeat_ttl"]
+            ):
+                hb += " !"
+            reason = ""
+            if p.get("reason_code"):
+                reason = f"{p['reason_code']}: {p.get('reason_message') or ''}".rstrip(": ")
+            rows.append(
+                [
+                    p["platform"] + ("" if p["required"] else " (optional)"),
+                    p["adapter"],
+                    p["declared_state"],
+                    p["health"],
+                    hb,
+                    age(p["since_seconds"]),
+                    str(p["restarts"]),
+                    reason,
+                ]
+            )
+        lines += ["", render(headers, rows)]
+    elif inst is not None:
+        lines.append("no platforms configured")
+    return "\n".join(lines)
+
+
+def _local(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- commands
+
+
+def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    if args.database:
+        from watchdog import secrets
+
+        if secrets.is_reference(args.database):
+            return secrets.resolve(args.database, base_dir=Path.cwd(), environ=environ).reveal()
+        return str(args.database)
+    from watchdog.settings import store_url_from_config
+
+    config = args.config or environ.get("HERMES_CONFIG") or DEFAULT_CONFIG
+    return store_url_from_config(Path(config), environ)
+
+
+def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    from watchdog.store import StateStore
+
+    store = StateStore(_database(args, environ), read_only=True)
+    try:
+        store.check_readable()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    now = datetime.now(UTC)
+    store = None
+    try:
+        store = _open(args, environ)
+        report = assess(store.latest_instance(), store.platforms(), now, args.stale_after)
+        report.store = store.name
+    except (StoreError, ConfigError, ValueError) as exc:
+        report = StatusReport("unknown", UNKNOWN, f"UNKNOWN: {exc}", now)
+        print(report_json(report, str(exc)) if args.json else report.summary)
+        return UNKNOWN
+    finally:
+        if store is not None:
+            store.close()
+    print(report_json(report) if args.json else report_text(report))
+    return report.exit_code
+
+
+_SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)")
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """``"30m"``/``"2h"``/``"1d"`` back from ``now``, or an ISO 8601 time (local if no offset)."""
+    match = _SINCE.fullmatch(text.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return now - timedelta(seconds=float(match.group(1)) * unit)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f'--since: expected a duration like "30m", "2h", "1d" or an ISO date/time, got {text!r}'
+        ) from None
+    return when.astimezone() if when.tzinfo is None else when
+
+
+def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    now = datetime.now(UTC)
+    if args.limit <= 0:
+        print(f"hermes-watchdog: --limit must be positive, got {args.limit}", file=sys.stderr)
+        return UNKNOWN
+    store = None
+    try:
+        since = parse_since(args.since, now) if args.since else None
+        store = _open(args, environ)
+        rows = store.transitions(args.platform, since, args.limit)
+        known = {p["platform"] for p in store.platforms()}
+    except (StoreError, ConfigError, ValueError) as exc:
+        print(f"hermes-watchdog: {exc}", file=sys.stderr)
+        return UNKNOWN
+    finally:
+        if store is not None:
+            store.close()
+    if args.platform and not rows and args.platform not in known:
+        listing = ", ".join(sorted(known)) or "none"
+        print(
+            f"hermes-watchdog: no platform {args.platform!r} in the store (known: {listing})",
+            file=sys.stderr,
+        )
+        return UNKNOWN
+    if args.json:
+        print(
+            json.dumps(
+                [{k: _iso(v) for k, v in r.items()} for r in rows], indent=2, ensure_ascii=False
+            )
+        )
+        return OK
+    if not rows:
+        print(
+            "no transitions recorded"
+            + (f" for {args.platform}" if args.platform else "")
+            + (" in that period" if since else "")
+        )
+        return OK
+
+    def arrow(a: Any, b: Any) -> str:
+        if a == b:
+            return a or "-"
+        return f"{a or '-'} -> {b or '-'}"
+
+    table = [
+        [
+            _local(r["at"]),
+            r["platform"],
+            arrow(r["from_state"], r["to_state"]),
+            arrow(r["from_health"], r["to_health"]),
+            f"{r['reason_code']}: {r['reason_message'] or ''}".rstrip(": ")
+            if r["reason_code"]
+            else "",
+        ]
+        for r in rows
+    ]
+    print(render(["AT", "PLATFORM", "DECLARED", "HEALTH", "REASON"], table))
+    return OK
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    if args.command == "status":
+        return cmd_status(args, env)
+    return cmd_history(args, env)

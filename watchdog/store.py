@@ -1,0 +1,319 @@
+"""The SQL state store: what the watchdog saw, for the status CLI, monitoring and plain SQL.
+
+SQLite (WAL) by default, PostgreSQL by URL. The gateway writes through
+:class:`~watchdog.writer.StoreWriter` on a thread of its own; the CLI opens the
+store read-only and never creates or migrates anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from watchdog.exceptions import StoreError, StoreNotFound
+from watchdog.schema import gateway_instances, platform_state, platform_transitions
+
+SCHEMA_HEAD = "0001"
+ALEMBIC_LOCATION = "watchdog:migrations"
+
+
+def display_url(url: str | URL) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Rows to write in one transaction; newer batches merge into older ones while the store is down."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Full ``platform_state`` rows, by platform."""
+    removed: set[str] = field(default_factory=set)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    instance: dict[str, Any] = field(default_factory=dict)
+    """Columns of this gateway's ``gateway_instances`` row to update."""
+
+    def merge(self, newer: Batch) -> None:
+        for name in newer.removed:
+            self.rows.pop(name, None)
+            self.removed.add(name)
+        for name, row in newer.rows.items():
+            self.rows[name] = row
+            self.removed.discard(name)
+        self.transitions.extend(newer.transitions)
+        self.instance.update(newer.instance)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.removed or self.transitions or self.instance)
+
+
+class StateStore:
+    """One database holding the supervision tables."""
+
+    def __init__(self, url: str, *, read_only: bool = False, timeout: float = 10.0) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise StoreError(f"invalid database URL {url!r}: {exc}") from exc
+        self.url = parsed
+        self.read_only = read_only
+        self.name = display_url(parsed)
+        try:
+            self.engine = self._create_engine(parsed, timeout)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot use database {self.name}: {exc}") from exc
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _create_engine(self, url: URL, timeout: float) -> Engine:
+        if url.get_backend_name() == "sqlite":
+            return self._create_sqlite(url, timeout)
+        connect_args: dict[str, Any] = {}
+        if url.get_backend_name() == "postgresql":
+            q = url.query
+            if "connect_timeout" not in q:
+                connect_args["connect_timeout"] = max(1, int(timeout))
+            if "tcp_user_timeout" not in q and url.get_driver_name() == "psycopg":
+                # A dead network must not hang the writer thread forever in recv().
+                connect_args["tcp_user_timeout"] = int(timeout * 3000)
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=2)
+        if self.read_only and engine.dialect.name == "postgresql":
+            statement_ms = int(timeout * 1000)
+
+            @event.listens_for(engine, "connect")
+            def _readonly(dbapi_conn: Any, _record: Any) -> None:
+                with dbapi_conn.cursor() as cur:
+                    cur.execute(f"SET statement_timeout = {statement_ms}")
+                    cur.execute("SET default_transaction_read_only = on")
+                dbapi_conn.commit()
+
+        return engine
+
+    def _create_sqlite(self, url: URL, timeout: float) -> Engine:
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise StoreError(f"the state store needs an SQLite file path, got {self.name}")
+        path = Path(database)
+        if self.read_only:
+            if not path.exists():
+                raise StoreNotFound(
+                    f"no state store at {path} (has the gateway run with this configuration?)"
+                )
+            # mode=ro: a reader must never create, migrate or repair a database.
+            url = url.set(database=f"file:{path.resolve()}?mode=ro", query={"uri": "true"})
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": timeout})
+        busy_ms = int(timeout * 1000)
+        read_only = self.read_only
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                if not read_only:
+                    cur.execute("PRAGMA journal_mode = WAL")
+                    cur.execute("PRAGMA synchronous = NORMAL")
+            finally:
+                cur.close()
+
+        return engine
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema
+
+    def migrate(self) -> tuple[str | None, str]:
+        """Bring the schema to the newest revision (idempotent); returns (before, after)."""
+        if self.read_only:
+            raise StoreError("refusing to migrate a store opened read-only")
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", ALEMBIC_LOCATION)
+        before = self.revision()
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"migrating {self.name} failed: {_short(exc)}") from exc
+        after = self.revision()
+        if after is None:
+            raise StoreError(f"migrating {self.name} left no schema revision")
+        return before, after
+
+    def revision(self) -> str | None:
+        """The schema revision, ``None`` for a database without our tables."""
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("alembic_version"):
+                    return None
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read {self.name}: {_short(exc)}") from exc
+
+    def check_readable(self) -> None:
+        """Raise :class:`StoreError` unless this is a hermes state store we understand."""
+        rev = self.revision()
+        if rev is None:
+            raise StoreError(f"{self.name} is not a hermes state store (no schema revision)")
+        if rev > SCHEMA_HEAD:
+            raise StoreError(
+                f"{self.name} has schema {rev}, newer than this hermes ({SCHEMA_HEAD})"
+            )
+
+    # -- gateway writes
+
+    def begin_instance(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """Insert this gateway's instance row; close earlier rows left open by a crash.
+
+        Returns the rows that were closed, for the log.
+        """
+        with self._writing() as conn:
+            stale = (
+                conn.execute(
+                    select(gateway_instances).where(gateway_instances.c.stopped_at.is_(None))
+                )
+                .mappings()
+                .all()
+            )
+            for old in stale:
+                conn.execute(
+                    update(gateway_instances)
+                    .where(gateway_instances.c.id == old["id"])
+                    .values(
+                        stopped_at=old["last_tick_at"] or old["started_at"],
+                        exit_reason="vanished: no clean stop was recorded",
+                    )
+                )
+            conn.execute(insert(gateway_instances).values(row))
+        return [dict(r) for r in stale]
+
+    def replace_platforms(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """At start: make ``platform_state`` hold exactly ``rows``; returns the platforms removed."""
+        keep = {r["platform"] for r in rows}
+        with self._writing() as conn:
+            present = set(conn.execute(select(platform_state.c.platform)).scalars())
+            gone = sorted(present - keep)
+            if gone:
+                conn.execute(delete(platform_state).where(platform_state.c.platform.in_(gone)))
+            self._upsert(conn, rows)
+        return gone
+
+    def write(self, batch: Batch, instance_id: str) -> None:
+        with self._writing() as conn:
+            if batch.removed:
+                conn.execute(
+                    delete(platform_state).where(platform_state.c.platform.in_(batch.removed))
+                )
+            if batch.rows:
+                self._upsert(conn, list(batch.rows.values()))
+            if batch.transitions:
+                conn.execute(insert(platform_transitions), batch.transitions)
+            if batch.instance:
+                conn.execute(
+                    update(gateway_instances)
+                    .where(gateway_instances.c.id == instance_id)
+                    .values(batch.instance)
+                )
+
+    def _upsert(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt: Any
+        if self.dialect == "postgresql":
+            stmt = postgresql.insert(platform_state)
+        elif self.dialect == "sqlite":
+            stmt = sqlite.insert(platform_state)
+        else:
+            raise StoreError(f"unsupported database {self.dialect}; use SQLite or PostgreSQL")
+        columns = {c.name: stmt.excluded[c.name] for c in platform_state.c if c.name != "platform"}
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["platform"], set_=columns), list(rows)
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A connection in a transaction; driver errors become :class:`StoreError`."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{self.name}: {_short(exc)}") from exc
+
+    # -- reads (CLI, tests, monitoring)
+
+    def latest_instance(self) -> dict[str, Any] | None:
+        with self._reading() as conn:
+            row = (
+                conn.execute(
+                    select(gateway_instances)
+                    .order_by(gateway_instances.c.started_at.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    def platforms(self) -> list[dict[str, Any]]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                select(platform_state).order_by(platform_state.c.platform)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def transitions(
+        self, platform: str | None = None, since: datetime | None = None, limit: int | None = 200
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` transitions (optionally of one platform, since a time), oldest first."""
+        t = platform_transitions
+        query = select(t).order_by(t.c.id.desc())
+        if platform is not None:
+            query = query.where(t.c.platform == platform)
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._reading() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        rows.reverse()
+        return rows
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read {self.name}: {_short(exc)}") from exc
+
+
+def _short(exc: BaseException) -> str:
+    """The driver's message without SQLAlchemy's statement dump and background link."""
+    orig = getattr(exc, "orig", None)
+    msg = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(orig or exc).__name__}: {msg[0] if msg else ''}"
+
+
+def default_sqlite_url(directory: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(directory).resolve() / 'hermes.db'}"

@@ -1,0 +1,54 @@
+"""Plain-text tables for terminals and pipes; CJK text counts two columns."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+
+
+def width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def clip(text: str, limit: int) -> str:
+    if width(text) <= limit:
+        return text
+    out, used = [], 0
+    for ch in text:
+        w = width(ch)
+        if used + w > limit - 1:
+            break
+        out.append(ch)
+        used += w
+    return "".join(out) + "…"
+
+
+def render(headers: Sequence[str], rows: Sequence[Sequence[str]], *, last_max: int = 80) -> str:
+    """Left-aligned columns separated by two spaces; the last column is clipped to ``last_max``."""
+    rows = [[*r[:-1], clip(r[-1], last_max)] if r else [] for r in rows]
+    widths = [width(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], width(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c + " " * (widths[i] - width(c)) for i, c in enumerate(cells)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def age(seconds: float | None) -> str:
+    """``4s``, ``3m12s``, ``2h05m``, ``3d04h``; ``-`` for unknown."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
