@@ -127,15 +127,16 @@ def load_config(
             continue
         own = {k: v for k, v in table.items() if k not in SUPERVISION_KEYS and k != "adapter"}
         sup_raw = {**defaults_raw, **{k: v for k, v in table.items() if k in SUPERVISION_KEYS}}
+        before = len(errors)
         try:
             supervision = SupervisionSettings.model_validate(sup_raw)
         except ValidationError as exc:
             errors.extend(problems(exc, ("platforms", name)))
-            continue
         try:
             settings = cls.Settings.model_validate(own, context=context)
         except ValidationError as exc:
             errors.extend(problems(exc, ("platforms", name)))
+        if len(errors) > before:
             continue
         platforms[name] = PlatformConfig(name, kind, cls, supervision, settings, dict(table))
 
