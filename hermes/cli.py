@@ -8,7 +8,6 @@ will not help (``RestartPreventExitStatus=78``); 1 anything unexpected.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import faulthandler
 import os
 import signal
@@ -89,10 +88,10 @@ def cmd_run(path: str) -> int:
     # `systemctl kill -s USR1 hermes-gateway` dumps them on demand.
     faulthandler.enable(all_threads=True)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    from hermes.runner import Gateway
+    from hermes.runner import Gateway, run_gateway
 
     try:
-        return asyncio.run(Gateway(config).run())
+        return run_gateway(Gateway(config))
     except Exception:
         logger.exception("gateway failed unexpectedly")
         return EXIT_UNEXPECTED

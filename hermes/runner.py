@@ -335,6 +335,33 @@ class Gateway:
         self._signals.clear()
 
 
+def run_gateway(gateway: Gateway, grace: float = 0.5) -> int:
+    """Run the gateway on a new event loop and return its exit code.
+
+    ``asyncio.run()`` cancels leftover tasks and then waits for them without a limit:
+    one adapter task that swallows cancellation would keep the process alive forever,
+    deaf and no longer pinging. Here leftovers get ``grace`` seconds, then are abandoned.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(gateway.run())
+    finally:
+        try:
+            leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=grace))
+                stuck = sorted(t.get_name() for t in leftovers if not t.done())
+                if stuck:
+                    logger.error("abandoning tasks that ignore cancellation: {}", ", ".join(stuck))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), grace))
+        except Exception:
+            logger.exception("error while closing the event loop")
+        finally:
+            loop.close()
+
+
 def _replace_watchdog(new: GatewayConfig, old: GatewayConfig) -> GatewayConfig:
     from dataclasses import replace
 

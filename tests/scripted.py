@@ -30,6 +30,7 @@ import time
 from pydantic import Field
 
 from hermes.adapters.base import Adapter, AdapterSettings
+from watchdog.heartbeat import PlatformHandle
 from watchdog.settings import Duration
 from watchdog.states import DeclaredState
 
@@ -37,6 +38,8 @@ from watchdog.states import DeclaredState
 class ScriptedSettings(AdapterSettings):
     runs: list[list[str]] = Field(default_factory=lambda: [["connect", "behave"]])
     beat_interval: Duration = 0.05
+    fail_init: bool = False
+    """Raise from the constructor (a bug or bad settings found late)."""
 
 
 def marker(platform: str, event: str) -> None:
@@ -46,6 +49,12 @@ def marker(platform: str, event: str) -> None:
 class ScriptedAdapter(Adapter):
     kind = "scripted"
     Settings = ScriptedSettings
+
+    def __init__(self, name: str, settings: AdapterSettings, handle: PlatformHandle) -> None:
+        super().__init__(name, settings, handle)
+        assert isinstance(settings, ScriptedSettings)
+        if settings.fail_init:
+            raise ValueError("scripted constructor failure")
 
     async def run(self) -> None:
         s = self.settings

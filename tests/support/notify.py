@@ -75,11 +75,12 @@ class NotifyListener:
             self.datagrams.append(Datagram(time.monotonic(), data))
 
     async def wait_for(
-        self, predicate: Callable[[Datagram], bool], timeout: float, what: str
+        self, predicate: Callable[[Datagram], bool], timeout: float, what: str, *, new: bool = False
     ) -> Datagram:
-        """The first datagram (already received or arriving within ``timeout``) matching."""
+        """The first datagram (already received, unless ``new``, or arriving within ``timeout``)
+        matching ``predicate``."""
         assert self._changed is not None
-        seen = 0
+        seen = len(self.datagrams) if new else 0
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             for d in self.datagrams[seen:]:
@@ -119,3 +120,16 @@ class NotifyListener:
                 os.unlink(self.address)
             except FileNotFoundError:
                 pass
+
+    async def until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Re-check ``condition`` at every datagram (the gateway sends one per tick) until true."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"{what}: not true within {timeout:g} s")
+            try:
+                await self.wait_for(lambda d: True, left, what, new=True)
+            except AssertionError:
+                if not condition():
+                    raise

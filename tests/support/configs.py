@@ -1,0 +1,47 @@
+"""Gateway configuration files for tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+SCRIPTED = "tests.scripted:ScriptedAdapter"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    # JSON strings and arrays of strings are valid TOML.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def table(name: str, values: Mapping[str, Any]) -> str:
+    lines = [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(
+    directory: Path,
+    platforms: Mapping[str, Mapping[str, Any]],
+    *,
+    tick: float = 0.1,
+    store: Mapping[str, Any] | None = None,
+    watchdog: Mapping[str, Any] | None = None,
+    gateway: Mapping[str, Any] | None = None,
+    name: str = "gateway.toml",
+) -> Path:
+    """Write a config; platforms default to the scripted test adapter."""
+    parts = [
+        table("gateway", {"log_level": "DEBUG", "shutdown_timeout": 5, **(gateway or {})}),
+        table("store", dict(store) if store is not None else {"directory": "state"}),
+        table("watchdog", {"tick_interval": tick, "close_timeout": 1, **(watchdog or {})}),
+    ]
+    for pname, values in platforms.items():
+        parts.append(table(f'platforms."{pname}"', {"adapter": SCRIPTED, **values}))
+    path = directory / name
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
