@@ -14,11 +14,33 @@ apart (see ``hermes.entry``).
 
 from __future__ import annotations
 
-from watchdog.heartbeat import PlatformHandle, PlatformPolicy, Reason
-from watchdog.restart import RestartPolicy
-from watchdog.states import DeclaredState, Health
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from watchdog.heartbeat import PlatformHandle, PlatformPolicy, Reason
+    from watchdog.restart import RestartPolicy
+    from watchdog.states import DeclaredState, Health
 
 __hermes_watchdog__ = True
+
+# Imported on first use: the status CLI must start fast and needs none of these.
+_LAZY = {
+    "DeclaredState": "watchdog.states",
+    "Health": "watchdog.states",
+    "PlatformHandle": "watchdog.heartbeat",
+    "PlatformPolicy": "watchdog.heartbeat",
+    "Reason": "watchdog.heartbeat",
+    "RestartPolicy": "watchdog.restart",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'watchdog' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "DeclaredState",
