@@ -13,9 +13,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from watchdog.engine import EXIT_NOT_RETRYABLE
 from watchdog.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from hermes.config import GatewayConfig
 
 EXIT_UNEXPECTED = 1
 DEFAULT_CONFIG = "/etc/hermes/gateway.toml"
@@ -46,20 +50,24 @@ def _config_path(value: str | None) -> str:
     return value or os.environ.get("HERMES_CONFIG") or DEFAULT_CONFIG
 
 
-def _report(exc: ConfigError) -> None:
-    print(f"hermes: invalid configuration in {exc.source}:", file=sys.stderr)
-    for line in exc.problems:
-        print(f"  {line}", file=sys.stderr)
+def _load(path: str) -> GatewayConfig | None:
+    """The configuration, or None after printing every problem in it to stderr."""
+    from hermes.config import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"hermes: invalid configuration in {exc.source}:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return None
 
 
 def cmd_check(path: str) -> int:
-    from hermes.config import load_config
     from watchdog.store import display_url
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _report(exc)
+    config = _load(path)
+    if config is None:
         return EXIT_NOT_RETRYABLE
     print(f"{path}: ok")
     print(f"  store: {display_url(config.database_url)}")
@@ -75,13 +83,10 @@ def cmd_check(path: str) -> int:
 def cmd_run(path: str) -> int:
     from loguru import logger
 
-    from hermes.config import load_config
     from hermes.logs import setup_logging
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _report(exc)
+    config = _load(path)
+    if config is None:
         return EXIT_NOT_RETRYABLE
     setup_logging(config.gateway.log_level)
     # A frozen loop gets SIGABRT from systemd's watchdog: dump every thread's stack first.

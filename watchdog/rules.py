@@ -22,7 +22,12 @@ class Verdict:
 
 
 OK = Verdict(Health.OK)
-STARTING = Verdict(Health.DEGRADED)
+DEGRADED = Verdict(Health.DEGRADED)
+
+
+def _failing(code: str, message: str) -> Verdict:
+    """A retryable fault: restart within the budget."""
+    return Verdict(Health.FAILING, Reason(code, message, True))
 
 
 def judge(record: PlatformRecord, now: float, policy: PlatformPolicy) -> Verdict:
@@ -44,14 +49,9 @@ def judge(record: PlatformRecord, now: float, policy: PlatformPolicy) -> Verdict
     exit = record.exit
     if exit is not None:
         if exit.crashed:
-            return Verdict(Health.FAILING, Reason(reasons.ADAPTER_CRASHED, exit.summary, True))
-        return Verdict(
-            Health.FAILING,
-            Reason(
-                reasons.ADAPTER_EXITED,
-                f"adapter task returned while declared {record.declared.value}",
-                True,
-            ),
+            return _failing(reasons.ADAPTER_CRASHED, exit.summary)
+        return _failing(
+            reasons.ADAPTER_EXITED, f"adapter task returned while declared {record.declared.value}"
         )
 
     state = record.declared
@@ -61,43 +61,26 @@ def judge(record: PlatformRecord, now: float, policy: PlatformPolicy) -> Verdict
         beat = record.last_beat
         silent = now - (record.declared_since if beat is None else max(beat, record.declared_since))
         if silent > record.ttl:
-            return Verdict(
-                Health.FAILING,
-                Reason(
-                    reasons.HEARTBEAT_TIMEOUT,
-                    f"no heartbeat for {silent:.1f} s while connected (TTL {record.ttl:g} s)",
-                    True,
-                ),
+            return _failing(
+                reasons.HEARTBEAT_TIMEOUT,
+                f"no heartbeat for {silent:.1f} s while connected (TTL {record.ttl:g} s)",
             )
         return OK
     if state is DeclaredState.RECONNECTING:
         if held > policy.reconnect_timeout:
-            return Verdict(
-                Health.FAILING,
-                Reason(
-                    reasons.RECONNECT_STALLED,
-                    f"reconnecting for {held:.1f} s (allowed {policy.reconnect_timeout:g} s)",
-                    True,
-                ),
+            return _failing(
+                reasons.RECONNECT_STALLED,
+                f"reconnecting for {held:.1f} s (allowed {policy.reconnect_timeout:g} s)",
             )
-        return Verdict(Health.DEGRADED)
+        return DEGRADED
     if state is DeclaredState.STARTING:
         if held > policy.start_timeout:
-            return Verdict(
-                Health.FAILING,
-                Reason(
-                    reasons.START_TIMEOUT,
-                    f"starting for {held:.1f} s (allowed {policy.start_timeout:g} s)",
-                    True,
-                ),
+            return _failing(
+                reasons.START_TIMEOUT,
+                f"starting for {held:.1f} s (allowed {policy.start_timeout:g} s)",
             )
-        return STARTING
+        return DEGRADED
     if state is DeclaredState.STOPPED:
-        return Verdict(
-            Health.FAILING,
-            Reason(
-                reasons.ADAPTER_STOPPED, "adapter declared stopped without being asked to", True
-            ),
-        )
+        return _failing(reasons.ADAPTER_STOPPED, "adapter declared stopped without being asked to")
     # FATAL is only reachable through handle.fatal(), which also sets fatal_error.
     return Verdict(Health.FATAL, Reason(reasons.ADAPTER_FATAL, "adapter declared fatal", False))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -252,13 +252,21 @@ class StateStore:
         )
 
     @contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A connection in a transaction; driver errors become :class:`StoreError`."""
+    def _connection(self, *, write: bool) -> Iterator[Connection]:
+        """A connection (in a committed transaction when writing); driver errors become
+        :class:`StoreError` naming the database without its password."""
         try:
-            with self.engine.begin() as conn:
+            with self.engine.begin() if write else self.engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StoreError(f"{self.name}: {_short(exc)}") from exc
+            what = "" if write else "cannot read "
+            raise StoreError(f"{what}{self.name}: {_short(exc)}") from exc
+
+    def _writing(self) -> AbstractContextManager[Connection]:
+        return self._connection(write=True)
+
+    def _reading(self) -> AbstractContextManager[Connection]:
+        return self._connection(write=False)
 
     # -- reads (CLI, tests, monitoring)
 
@@ -298,14 +306,6 @@ class StateStore:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         rows.reverse()
         return rows
-
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read {self.name}: {_short(exc)}") from exc
 
 
 def _short(exc: BaseException) -> str:

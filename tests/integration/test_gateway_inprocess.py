@@ -187,95 +187,85 @@ async def test_platforms_removed_from_the_config_leave_the_store_at_the_next_sta
     assert [h["platform"] for h in history if h["reason_code"] == "platform_removed"] == ["a"]
 
 
-async def test_a_stuck_database_never_delays_a_ping_and_shows_in_status(
-    tmp_path, notify_path, pg_url
-):
+@pytest.fixture
+async def proxied_pg(pg_url) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """The test PostgreSQL behind a TCP proxy that can stall or cut the connection."""
     url = make_url(pg_url)
     proxy = await TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    config = write_config(tmp_path, {"bot": {}}, tick=0.1, store={"url": proxied})
     try:
-        async with gateway(config, notify_path) as (_gw, _task):
-            await notify_path.wait_for(
-                lambda d: d.fields.get("WATCHDOG") == "1", t(5), "first ping"
-            )
-            proxy.pause()  # every byte to and from PostgreSQL is now held
-            paused_at = asyncio.get_running_loop().time()
-            await notify_path.wait_for(
-                lambda d: "store slow" in d.fields.get("STATUS", ""), t(10), "store slow in STATUS"
-            )
-            window = [d for d in notify_path.pings() if d.at >= paused_at]
-            gaps = [b.at - a.at for a, b in itertools.pairwise(window)]
-            assert len(window) >= 5
-            assert max(gaps) < t(0.5), gaps
-            proxy.resume()
-            resumed = asyncio.get_running_loop().time()
-            await notify_path.wait_for(
-                lambda d: (
-                    d.at > resumed and "STATUS" in d.fields and "store" not in d.fields["STATUS"]
-                ),
-                t(15),
-                "store ok again",
-            )
+        yield (
+            proxy,
+            url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+        )
     finally:
         await proxy.close()
+
+
+def read_pg(
+    pg_url: str,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
     store = StateStore(pg_url, read_only=True)
     try:
-        inst = store.latest_instance()
-        assert inst is not None
-        assert inst["exit_code"] == 0
-        assert store.platforms()[0]["declared_state"] == "stopped"
+        return store.latest_instance(), store.platforms(), store.transitions(limit=None)
     finally:
         store.close()
+
+
+def status_without_store_problem(after: float):
+    return lambda d: d.at > after and "STATUS" in d.fields and "store" not in d.fields["STATUS"]
+
+
+async def test_a_stuck_database_never_delays_a_ping_and_shows_in_status(
+    tmp_path, notify_path, pg_url, proxied_pg
+):
+    proxy, proxied = proxied_pg
+    config = write_config(tmp_path, {"bot": {}}, tick=0.1, store={"url": proxied})
+    async with gateway(config, notify_path):
+        await notify_path.wait_for(lambda d: d.fields.get("WATCHDOG") == "1", t(5), "first ping")
+        proxy.pause()  # every byte to and from PostgreSQL is now held
+        paused_at = asyncio.get_running_loop().time()
+        await notify_path.wait_for(
+            lambda d: "store slow" in d.fields.get("STATUS", ""), t(10), "store slow in STATUS"
+        )
+        window = [d for d in notify_path.pings() if d.at >= paused_at]
+        gaps = [b.at - a.at for a, b in itertools.pairwise(window)]
+        assert len(window) >= 5
+        assert max(gaps) < t(0.5), gaps
+        proxy.resume()
+        resumed = asyncio.get_running_loop().time()
+        await notify_path.wait_for(status_without_store_problem(resumed), t(15), "store ok again")
+    instance, platforms, _ = read_pg(pg_url)
+    assert instance is not None
+    assert instance["exit_code"] == 0
+    assert platforms[0]["declared_state"] == "stopped"
 
 
 async def test_a_dead_database_is_reported_not_escalated_and_catches_up(
-    tmp_path, notify_path, pg_url
+    tmp_path, notify_path, pg_url, proxied_pg
 ):
-    url = make_url(pg_url)
-    proxy = await TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
-    port = proxy.port
-    proxied = url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-    config = write_config(
-        tmp_path,
-        {"bot": {"runs": [["connect", "behave 0.5", "reconnecting"]], "reconnect_timeout": 60}},
-        store={"url": proxied},
-    )
-    try:
-        async with gateway(config, notify_path) as (gw, task):
-            await notify_path.wait_for(
-                lambda d: d.fields.get("WATCHDOG") == "1", t(5), "first ping"
-            )
-            await proxy.cut()  # connections reset, new ones refused
-            cut_at = asyncio.get_running_loop().time()
-            await notify_path.wait_for(
-                lambda d: "store failing" in d.fields.get("STATUS", ""), t(15), "store failing"
-            )
-            # A transition while the database is unreachable ...
-            await notify_path.until(
-                lambda: gw.board["bot"].declared.value == "reconnecting", t(10), "reconnecting"
-            )
-            assert any(d.at > cut_at for d in notify_path.pings())
-            assert not task.done()
-            proxy.port = port
-            await proxy.start()
-            back = asyncio.get_running_loop().time()
-            await notify_path.wait_for(
-                lambda d: (
-                    d.at > back and "STATUS" in d.fields and "store" not in d.fields["STATUS"]
-                ),
-                t(30),
-                "store ok again",
-            )
-    finally:
-        await proxy.close()
-    store = StateStore(pg_url, read_only=True)
-    try:
-        history = store.transitions(limit=None)
-        inst = store.latest_instance()
-    finally:
-        store.close()
+    proxy, proxied = proxied_pg
+    script = {"runs": [["connect", "behave 0.5", "reconnecting"]], "reconnect_timeout": 60}
+    config = write_config(tmp_path, {"bot": script}, store={"url": proxied})
+    async with gateway(config, notify_path) as (gw, task):
+        await notify_path.wait_for(lambda d: d.fields.get("WATCHDOG") == "1", t(5), "first ping")
+        port = proxy.port
+        await proxy.cut()  # connections reset, new ones refused
+        cut_at = asyncio.get_running_loop().time()
+        await notify_path.wait_for(
+            lambda d: "store failing" in d.fields.get("STATUS", ""), t(15), "store failing"
+        )
+        # A transition while the database is unreachable ...
+        await notify_path.until(
+            lambda: gw.board["bot"].declared.value == "reconnecting", t(10), "reconnecting"
+        )
+        assert any(d.at > cut_at for d in notify_path.pings())
+        assert not task.done()
+        proxy.port = port
+        await proxy.start()
+        back = asyncio.get_running_loop().time()
+        await notify_path.wait_for(status_without_store_problem(back), t(30), "store ok again")
+    instance, _, history = read_pg(pg_url)
     # ... is not lost.
     assert any(h["to_state"] == "reconnecting" for h in history)
-    assert inst is not None
-    assert inst["store_failures"] >= 1
+    assert instance is not None
+    assert instance["store_failures"] >= 1

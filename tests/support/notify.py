@@ -56,12 +56,7 @@ class NotifyListener:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            self.datagrams.append(Datagram(time.monotonic(), data))
+        self.drain()
         assert self._changed is not None
         self._changed.set()
 
