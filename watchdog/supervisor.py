@@ -78,6 +78,7 @@ class Supervisor:
         self._specs: dict[str, PlatformSpec] = {}
         self._instances: dict[str, _Instance] = {}
         self._stopping: dict[str, asyncio.Task[Any]] = {}
+        self._restarting: dict[str, asyncio.Task[Any]] = {}
 
     @property
     def specs(self) -> dict[str, PlatformSpec]:
@@ -133,15 +134,21 @@ class Supervisor:
 
     def apply(self, outcome: TickOutcome) -> None:
         for order in outcome.restarts:
-            self.tasks.spawn(
-                self._restart(order.platform, order.delay), name=f"restart:{order.platform}"
+            name = order.platform
+
+            def forget(task: asyncio.Task[Any], name: str = name) -> None:
+                if self._restarting.get(name) is task:
+                    del self._restarting[name]
+
+            self._restarting[name] = self.tasks.spawn(
+                self._restart(self.board[name], order.delay), name=f"restart:{name}", on_done=forget
             )
         for name in outcome.stops:
             self._stop_in_background(name)
 
-    async def _restart(self, name: str, delay: float) -> None:
+    async def _restart(self, record: PlatformRecord, delay: float) -> None:
+        name = record.name
         log = logger.bind(platform=name)
-        record = self.board[name]
         reason = record.reason
         log.warning(
             "restart #{} in {:.1f} s after {}",
@@ -153,11 +160,8 @@ class Supervisor:
         due = loop.time() + delay
         await self._stop_instance(name)
         await asyncio.sleep(max(0.0, due - loop.time()))
-        if (
-            name in self.board
-            and self._specs.get(name) is not None
-            and record.restart_at is not None
-        ):
+        # The platform may have been stopped, removed or replaced (reload) while we waited.
+        if self.board.get(name) is record and record.restart_at is not None:
             self._launch(record, restart=True)
 
     def _stop_in_background(self, name: str) -> None:
@@ -205,6 +209,9 @@ class Supervisor:
         """Stop a platform and forget it (it left the configuration)."""
         record = self.board[name]
         record.stop_requested = True
+        pending = self._restarting.pop(name, None)
+        if pending is not None:
+            pending.cancel()
         await self._stop_instance(name)
         self.board.remove(name)
         self.engine.forget(name)

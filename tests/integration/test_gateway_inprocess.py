@@ -269,3 +269,24 @@ async def test_a_dead_database_is_reported_not_escalated_and_catches_up(
     assert any(h["to_state"] == "reconnecting" for h in history)
     assert instance is not None
     assert instance["store_failures"] >= 1
+
+
+async def test_a_platform_replaced_by_reload_during_its_restart_backoff_runs_once(
+    tmp_path, notify_path
+):
+    dying = {"runs": [["connect", "return"]], "restart_backoff": 1.0}
+    config = write_config(tmp_path, {"bot": dying})
+    async with gateway(config, notify_path) as (gw, _task):
+        old = gw.board["bot"]
+        await notify_path.until(lambda: old.restart_at is not None, t(10), "restart pending")
+        write_config(tmp_path, {"bot": {"runs": [["connect", "behave"]], "heartbeat_ttl": 20}})
+        assert await gw.reload()
+        loop = asyncio.get_running_loop()
+        past_backoff = loop.time() + 1.5
+        await notify_path.until(lambda: loop.time() > past_backoff, t(10), "old backoff over")
+        running = [
+            t.get_name() for t in gw.tasks.pending() if t.get_name().startswith("platform:bot#")
+        ]
+        assert len(running) == 1, running
+        assert gw.board["bot"] is not old
+        assert gw.board["bot"].health.value == "ok"
