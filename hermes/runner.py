@@ -95,7 +95,10 @@ class Gateway:
         self._stop = asyncio.Event()
         try:
             self.notifier.check_tick_interval(self.config.watchdog.tick_interval)
-        except WatchdogTimingError as exc:
+            # Only builds the engine: a bad URL or a missing driver is configuration (78);
+            # a database that does not answer is found later and may pass (75).
+            self.store = StateStore(self.config.database_url)
+        except (WatchdogTimingError, StoreError) as exc:
             logger.error("{}", exc)
             return EXIT_NOT_RETRYABLE
         self._install_signals()
@@ -134,7 +137,7 @@ class Gateway:
 
     async def _start(self) -> None:
         cfg = self.config
-        self.store = StateStore(cfg.database_url)
+        assert self.store is not None
         async with self.notifier.extending_timeout("opening the state store"):
             before, after = await in_thread(self.store.migrate, name="hermes-migrate")
             if before != after:

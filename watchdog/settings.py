@@ -180,6 +180,11 @@ def database_url(store: StoreSettings, base_dir: Path, environ: Mapping[str, str
             parsed = make_url(store.url)
         except ArgumentError as exc:
             raise ValueError(f"not a database URL: {exc}") from None
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported database {parsed.get_backend_name()!r}; use sqlite:///PATH or "
+                "postgresql+psycopg://..."
+            )
         if parsed.password:
             raise ValueError(
                 "contains a password; give the URL as a secret reference "

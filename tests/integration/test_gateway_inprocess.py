@@ -290,3 +290,21 @@ async def test_a_platform_replaced_by_reload_during_its_restart_backoff_runs_onc
         assert len(running) == 1, running
         assert gw.board["bot"] is not old
         assert gw.board["bot"].health.value == "ok"
+
+
+async def test_a_broken_watchdog_tick_stops_the_pings(tmp_path, notify_path, monkeypatch):
+    config = write_config(tmp_path, {"bot": {}})
+    async with gateway(config, notify_path) as (gw, _task):
+        await notify_path.wait_for(lambda d: d.fields.get("WATCHDOG") == "1", t(5), "a ping")
+
+        def broken(now: float) -> None:
+            raise RuntimeError("bug in the watchdog")
+
+        monkeypatch.setattr(gw.engine, "evaluate", broken)
+        quiet_from = len(notify_path.pings())
+        # Ten ticks' worth of silence.
+        with pytest.raises(AssertionError, match="no a ping after the bug"):
+            await notify_path.wait_for(
+                lambda d: d.fields.get("WATCHDOG") == "1", t(1.0), "a ping after the bug", new=True
+            )
+        assert len(notify_path.pings()) == quiet_from

@@ -188,3 +188,13 @@ async def test_an_adapter_ignoring_close_and_cancel_cannot_stall_the_shutdown(tm
     assert "final state written to the store" in gw.output
     assert "stopped (exit 0)" in gw.output
     assert "abandoning tasks that ignore cancellation: platform:stubborn#1" in gw.output
+
+
+def test_a_database_driver_that_is_not_installed_is_a_configuration_error(tmp_path):
+    config = write_config(
+        tmp_path, {"a": {}}, store={"url": "postgresql+pg8000://hermes@127.0.0.1/x"}
+    )
+    result = run_cli(HERMES, "run", "--config", str(config))
+    assert result.returncode == 78, result.stderr
+    assert "cannot use database postgresql+pg8000://hermes@127.0.0.1/x" in result.stderr
+    assert "No module named 'pg8000'" in result.stderr

@@ -181,6 +181,13 @@ def test_a_store_url_with_an_inline_password_is_refused(tmp_path):
     assert "hunter2" not in line
 
 
+@pytest.mark.parametrize("url", ["mysql://db/hermes", "mssql+pyodbc://db/x", "not a url"])
+def test_a_store_url_must_name_sqlite_or_postgresql(tmp_path, url):
+    (line,) = problems_of(write(tmp_path, f'[store]\nurl = "{url}"\n' + GOOD))
+    assert line.startswith("store.url: ")
+    assert "unsupported database" in line or "not a database URL" in line
+
+
 def test_a_store_url_can_be_a_secret_reference(tmp_path):
     path = write(tmp_path, '[store]\nurl = "env:HERMES_DB"\n' + GOOD)
     url = "postgresql+psycopg://hermes:hunter2@db/hermes"
