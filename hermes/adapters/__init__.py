@@ -8,6 +8,7 @@ from hermes.adapters.base import Adapter, AdapterSettings
 
 BUILTIN = {
     "demo": "hermes.adapters.demo:DemoAdapter",
+    "qqbot": "hermes.adapters.qqbot:QQBotAdapter",
 }
 
 __all__ = ["BUILTIN", "Adapter", "AdapterSettings", "resolve_adapter"]

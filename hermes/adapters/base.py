@@ -64,8 +64,9 @@ class Adapter(ABC):
         """Ask :meth:`run` to finish. Subclasses also close their connections here."""
         self._closing.set()
 
-    @property
     def closing(self) -> bool:
+        """True once :meth:`close` was called. A method, not a property: type checkers would
+        otherwise assume it cannot change inside a ``while not self.closing()`` loop."""
         return self._closing.is_set()
 
     async def pause(self, seconds: float) -> bool:

@@ -37,7 +37,7 @@ class DemoAdapter(Adapter):
         self.handle.declare(DeclaredState.CONNECTED)
         self.log.info("demo connected; receiving events every {:g} s", s.event_interval)
         alive = 0.0
-        while not self.closing:
+        while not self.closing():
             if s.die_after and alive >= s.die_after:
                 # The incident: the receive loop gives up and returns. No log, no fatal, no state.
                 return

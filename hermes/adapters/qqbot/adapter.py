@@ -1,0 +1,474 @@
+"""The QQ Bot adapter: a thin driver around the pure protocol in :mod:`.protocol`.
+
+One loop: get a token and the gateway URL, connect, run the connection until it
+ends, ask :func:`~.protocol.plan_after_close` (and friends) what that means, wait
+as :class:`~.protocol.Reconnector` says, go again. Every way out of the loop either
+declares ``stopped`` (after :meth:`close`) or reports a fatal error; the watchdog
+catches whatever slips through anyway.
+
+Beats come from heartbeat ACKs and dispatched events only. The heartbeat TTL follows
+the server's Hello interval. Heartbeats go from a task owned by the connection; an ACK
+missing at the next heartbeat marks the connection a zombie: it is closed with a
+non-1000 code and resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import AfterValidator, Field, field_validator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from hermes.adapters.base import Adapter, AdapterSettings
+from hermes.adapters.qqbot import events
+from hermes.adapters.qqbot.api import QQApi
+from hermes.adapters.qqbot.auth import TokenManager
+from hermes.adapters.qqbot.intents import DEFAULT_INTENTS, Intents, parse_intents
+from hermes.adapters.qqbot.protocol import (
+    ZOMBIE_CLOSE_CODE,
+    Acked,
+    Backoff,
+    Connection,
+    Dispatch,
+    Hello,
+    Next,
+    Plan,
+    Ready,
+    Reconnector,
+    ReconnectRequested,
+    Send,
+    Session,
+    SessionInvalid,
+    Wait,
+    plan_after_close,
+    plan_after_invalid_session,
+    plan_after_reconnect_request,
+    plan_after_zombie,
+)
+from hermes.errors import (
+    QQApiError,
+    QQAuthError,
+    QQMalformedFrame,
+    QQProtocolError,
+    QQTokenUnavailable,
+    SendError,
+)
+from hermes.messages import InboundMessage, OutboundMessage, RecentIds
+from watchdog.heartbeat import PlatformHandle
+from watchdog.settings import Duration, SecretValue
+from watchdog.states import DeclaredState
+from watchdog.tasks import TaskRegistry, describe_exception
+
+PRODUCTION_API = "https://api.sgroup.qq.com"
+PRODUCTION_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class QQBotSettings(AdapterSettings):
+    app_id: str = Field(min_length=1)
+    client_secret: SecretValue
+    api_base: HttpUrl = PRODUCTION_API
+    """REST API base; the sandbox is https://sandbox.api.sgroup.qq.com."""
+    token_url: HttpUrl = PRODUCTION_TOKEN_URL
+    intents: list[str] = Field(default_factory=lambda: list(DEFAULT_INTENTS))
+    shard: tuple[int, int] = (0, 1)
+    handler: Literal["log", "echo", "none"] = "log"
+    """What to do with inbound messages until the job runner routes them."""
+    reconnect_backoff: Duration = 1.0
+    reconnect_backoff_max: Duration = 60.0
+    reconnect_max_failures: Annotated[int, Field(ge=0)] = 10
+    """Connections in a row that fail or do not stay up ``stable_after``, before giving up."""
+    stable_after: Duration = 60.0
+    rate_limit_delay: Duration = 5.0
+    """Least wait after close code 4008 (sending too fast)."""
+    auth_failures_max: Annotated[int, Field(ge=1)] = 3
+    """Close code 4004 this many times in a row, each with a refetched token: qq_invalid_token."""
+    hello_timeout: Duration = 10.0
+    ready_timeout: Duration = 15.0
+    """After Hello, how long READY/RESUMED may take."""
+    heartbeat_ttl_factor: Annotated[float, Field(ge=1.5)] = 2.5
+    """The watchdog's heartbeat TTL is this many Hello intervals."""
+    request_timeout: Duration = 10.0
+    send_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    dedupe_window: Annotated[int, Field(ge=100)] = 10_000
+    handler_queue: Annotated[int, Field(ge=1)] = 1000
+    handler_workers: Annotated[int, Field(ge=1, le=256)] = 4
+
+    @field_validator("intents")
+    @classmethod
+    def _known_intents(cls, names: list[str]) -> list[str]:
+        parse_intents(names)
+        return names
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one connection ended."""
+
+    plan: Plan
+    lasted: float | None
+    """Seconds it was usable (READY/RESUMED to its end); None if it never was."""
+    detail: str
+
+
+class QQBotAdapter(Adapter):
+    """A QQ Bot session on the WebSocket gateway."""
+
+    kind = "qqbot"
+    Settings = QQBotSettings
+
+    def __init__(self, name: str, settings: AdapterSettings, handle: PlatformHandle) -> None:
+        super().__init__(name, settings, handle)
+        assert isinstance(settings, QQBotSettings)
+        self.s: QQBotSettings = settings
+        self.intents: Intents = parse_intents(settings.intents)
+        self.session = Session()
+        self.reconnector = Reconnector(
+            Backoff(settings.reconnect_backoff, settings.reconnect_backoff_max),
+            max_failures=settings.reconnect_max_failures,
+            stable_after=settings.stable_after,
+            rate_limit_delay=settings.rate_limit_delay,
+        )
+        self.recent = RecentIds(settings.dedupe_window)
+        self.on_message: Callable[[InboundMessage], Awaitable[None]] = self._builtin_handler()
+        self.api: QQApi | None = None
+        self.tokens: TokenManager | None = None
+        self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue(settings.handler_queue)
+        self.zombie_detection = True
+        """Tests turn this off to prove the watchdog catches a half-open socket by itself."""
+        self.tasks = TaskRegistry()
+        self.received = 0
+        self.duplicates = 0
+        self.dropped = 0
+        self.malformed = 0
+        self._ws: ClientConnection | None = None
+
+    # -- lifecycle
+
+    async def run(self) -> None:
+        s = self.s
+        async with httpx.AsyncClient(
+            timeout=s.request_timeout, headers={"User-Agent": "hermes-gateway"}
+        ) as http:
+            self.tokens = TokenManager(
+                http, token_url=s.token_url, app_id=s.app_id, secret=s.client_secret
+            )
+            self.api = QQApi(
+                http,
+                api_base=s.api_base,
+                app_id=s.app_id,
+                tokens=self.tokens,
+                max_attempts=s.send_attempts,
+                platform=self.name,
+            )
+            for i in range(s.handler_workers):
+                self.tasks.spawn(
+                    self._worker(), name=f"qq:{self.name}:handler#{i}", expected_to_end=False
+                )
+            try:
+                await self._serve()
+            finally:
+                await self.tasks.cancel_all(grace=2.0)
+
+    async def close(self) -> None:
+        await super().close()
+        ws = self._ws
+        if ws is not None:
+            await ws.close(1000, "shutting down")
+
+    def give_up(self, code: str, message: str, *, retryable: bool) -> None:
+        """Report an error this adapter cannot get past, before returning from :meth:`run`."""
+        self.log.error("giving up: {}: {}", code, message)
+        self.handle.fatal(code, message, retryable=retryable)
+
+    # -- the loop
+
+    async def _serve(self) -> None:
+        s = self.s
+        plan = Plan(Next.IDENTIFY)
+        auth_failures = 0
+        while not self.closing():
+            outcome = await self._connect_once(resume=plan.next is Next.RESUME)
+            if self.closing():
+                break
+            plan = outcome.plan
+            if plan.next is Next.GIVE_UP:
+                self.give_up(
+                    plan.code or "qq_gateway_refused",
+                    plan.message or outcome.detail,
+                    retryable=False,
+                )
+                return
+            if plan.refresh_token:
+                auth_failures += 1
+                if auth_failures >= s.auth_failures_max:
+                    self.give_up(
+                        "qq_invalid_token",
+                        f"the gateway refused {auth_failures} tokens in a row (4004), each freshly fetched",
+                        retryable=False,
+                    )
+                    return
+                assert self.tokens is not None
+                self.tokens.invalidate()
+            elif outcome.lasted is not None:
+                auth_failures = 0
+            if plan.clear_session:
+                self.session.clear()
+            delay = self.reconnector.after(plan, outcome.lasted)
+            if delay is None:
+                self.give_up(
+                    "qq_reconnect_exhausted",
+                    f"{self.reconnector.failures} connections in a row failed or did not stay up "
+                    f"{s.stable_after:g} s; last: {outcome.detail}",
+                    retryable=True,
+                )
+                return
+            self.handle.declare(DeclaredState.RECONNECTING)
+            self.log.warning(
+                "connection ended ({}); {} in {:.1f} s",
+                outcome.detail,
+                "resuming"
+                if plan.next is Next.RESUME and self.session.resumable
+                else "identifying",
+                delay,
+            )
+            if await self.pause(delay):
+                break
+        self.stopped()
+
+    async def _connect_once(self, *, resume: bool) -> Outcome:
+        retry = Plan(Next.RESUME if resume else Next.IDENTIFY, Wait.BACKOFF)
+        assert self.tokens is not None and self.api is not None
+        try:
+            token = await self.tokens.get()
+            url = await self.api.gateway_url()
+        except QQAuthError as exc:
+            return Outcome(
+                Plan(Next.GIVE_UP, code="qq_invalid_credentials", message=str(exc)), None, str(exc)
+            )
+        except QQApiError as exc:
+            if exc.status == 401:  # refused although freshly fetched: counts like a 4004
+                return Outcome(
+                    Plan(Next.IDENTIFY, Wait.BACKOFF, refresh_token=True), None, str(exc)
+                )
+            return Outcome(retry, None, str(exc))
+        except QQTokenUnavailable as exc:
+            return Outcome(retry, None, str(exc))
+        if self.closing():
+            return Outcome(retry, None, "closing")
+        conn = Connection(
+            self.session, token=token, intents=self.intents, shard=self.s.shard, resume=resume
+        )
+        try:
+            async with connect(
+                url,
+                open_timeout=self.s.hello_timeout,
+                ping_interval=None,  # the QQ protocol has its own heartbeats
+                close_timeout=2,
+                max_size=2**22,
+                compression=None,
+            ) as ws:
+                self._ws = ws
+                try:
+                    return await self._run_connection(ws, conn)
+                finally:
+                    self._ws = None
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            return Outcome(retry, None, f"cannot connect to {url}: {describe_exception(exc)}")
+
+    async def _run_connection(self, ws: ClientConnection, conn: Connection) -> Outcome:
+        loop = asyncio.get_running_loop()
+        beats: asyncio.Task[Any] | None = None
+        ready_at: float | None = None
+        end: tuple[Plan, str] | None = None
+        try:
+            async with asyncio.timeout(self.s.hello_timeout + self.s.ready_timeout) as handshake:
+                async for raw in ws:
+                    end, became_ready = await self._frame(ws, conn, raw)
+                    if beats is None and conn.heartbeat_interval is not None:
+                        beats = self.tasks.spawn(
+                            self._heartbeats(ws, conn), name=f"qq:{self.name}:heartbeat"
+                        )
+                    if became_ready:
+                        ready_at = loop.time()
+                        handshake.reschedule(None)
+                    if end is not None:
+                        break
+        except TimeoutError:
+            what = "Hello" if conn.heartbeat_interval is None else "READY/RESUMED"
+            end = Plan(Next.RESUME, Wait.BACKOFF), f"no {what} within the time limit"
+            await ws.close(ZOMBIE_CLOSE_CODE, "timeout")
+        except ConnectionClosed:
+            pass
+        except QQProtocolError as exc:
+            self.log.error("protocol error from the gateway: {}", exc)
+            end = Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True), f"protocol error: {exc}"
+            await ws.close(ZOMBIE_CLOSE_CODE, "protocol error")
+        finally:
+            if beats is not None:
+                beats.cancel()
+                await asyncio.wait({beats})
+        lasted = None if ready_at is None else loop.time() - ready_at
+        if end is not None:
+            return Outcome(end[0], lasted, end[1])
+        if conn.zombie:
+            return Outcome(
+                plan_after_zombie(),
+                lasted,
+                "no heartbeat ACK since the previous heartbeat (zombie)",
+            )
+        received = ws.protocol.close_rcvd
+        code = received.code if received is not None else None
+        detail = (
+            f"closed by the server with {code} {received.reason!r}"
+            if received
+            else "connection dropped"
+        )
+        return Outcome(plan_after_close(code), lasted, detail)
+
+    async def _frame(
+        self, ws: ClientConnection, conn: Connection, raw: str | bytes
+    ) -> tuple[tuple[Plan, str] | None, bool]:
+        """Handle one frame: ``((plan, why) if the connection must end, whether it became ready)``."""
+        try:
+            actions = conn.receive(raw)
+        except QQMalformedFrame as exc:
+            self.malformed += 1
+            self.log.error("dropping a malformed frame: {}", exc)
+            return None, False
+        became_ready = False
+        for action in actions:
+            kind = type(action)
+            if kind is Dispatch:
+                self.handle.beat()
+                self._dispatch(action)  # type: ignore[arg-type]
+            elif kind is Acked:
+                self.handle.beat()
+            elif kind is Send:
+                await ws.send(action.text)  # type: ignore[union-attr]
+            elif kind is Hello:
+                self.handle.set_heartbeat_ttl(action.interval * self.s.heartbeat_ttl_factor)  # type: ignore[union-attr]
+            elif kind is Ready:
+                became_ready = True
+                self.handle.declare(DeclaredState.CONNECTED)
+                self.handle.beat()
+                self.log.info(
+                    "session {} ({}), heartbeat every {:g} s",
+                    "resumed" if action.resumed else "ready",  # type: ignore[union-attr]
+                    self.session.session_id,
+                    conn.heartbeat_interval or 0,
+                )
+            elif kind is ReconnectRequested:
+                await ws.close(ZOMBIE_CLOSE_CODE, "reconnect requested")
+                return (
+                    plan_after_reconnect_request(),
+                    "the server asked to reconnect (op 7)",
+                ), became_ready
+            elif kind is SessionInvalid:
+                resumable = action.resumable  # type: ignore[union-attr]
+                await ws.close(ZOMBIE_CLOSE_CODE, "invalid session")
+                why = f"invalid session (op 9, resumable={str(resumable).lower()})"
+                return (plan_after_invalid_session(resumable), why), became_ready
+        return None, became_ready
+
+    async def _heartbeats(self, ws: ClientConnection, conn: Connection) -> None:
+        """Heartbeats at the Hello interval, owned by one connection (cancelled with it)."""
+        assert conn.heartbeat_interval is not None
+        try:
+            while True:
+                await asyncio.sleep(conn.heartbeat_interval)
+                beat = conn.heartbeat() if self.zombie_detection else _unchecked(conn)
+                if beat is None:
+                    self.log.warning(
+                        "no heartbeat ACK within {:g} s: zombie connection", conn.heartbeat_interval
+                    )
+                    await ws.close(ZOMBIE_CLOSE_CODE, "heartbeat not acknowledged")
+                    return
+                await ws.send(beat.text)
+        except ConnectionClosed:
+            return  # the receive loop sees the close and decides what comes next
+
+    # -- inbound messages
+
+    def _dispatch(self, event: Dispatch) -> None:
+        if event.t not in events.MESSAGE_EVENTS:
+            return
+        try:
+            message = events.parse_message(self.name, event.t, event.d, event.id)
+        except ValueError as exc:
+            self.log.error("dropping a malformed {} (s={}): {}", event.t, event.s, exc)
+            return
+        if self.recent.seen(message.message_id):
+            self.duplicates += 1
+            return
+        self.received += 1
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.log.error(
+                "handler queue full ({}): dropping message {}",
+                self.queue.maxsize,
+                message.message_id,
+            )
+
+    async def _worker(self) -> None:
+        while True:
+            message = await self.queue.get()
+            try:
+                await self.on_message(message)
+            except Exception as exc:
+                self.log.opt(exception=exc).error(
+                    "handler failed for message {}: {}", message.message_id, describe_exception(exc)
+                )
+
+    def _builtin_handler(self) -> Callable[[InboundMessage], Awaitable[None]]:
+        async def log(message: InboundMessage) -> None:
+            self.log.info(
+                "message {} in {} {} ({} chars)",
+                message.message_id,
+                message.chat_kind,
+                message.chat_id,
+                len(message.text),
+            )
+
+        async def echo(message: InboundMessage) -> None:
+            await self.send(
+                OutboundMessage(
+                    message.chat_kind, message.chat_id, message.text, reply_to=message.message_id
+                )
+            )
+
+        async def none(message: InboundMessage) -> None:
+            return None
+
+        return {"log": log, "echo": echo, "none": none}[self.s.handler]
+
+    # -- outbound
+
+    async def send(self, message: OutboundMessage) -> dict[str, Any]:
+        """Send a message (a passive reply when ``reply_to`` is set); raises :class:`SendError`."""
+        if self.api is None:
+            raise SendError(f"{self.name}: not running")
+        return await self.api.send(message)
+
+
+def _unchecked(conn: Connection) -> Send:
+    """A heartbeat regardless of ACKs (zombie detection off)."""
+    conn.awaiting_ack = False
+    beat = conn.heartbeat()
+    assert beat is not None
+    return beat

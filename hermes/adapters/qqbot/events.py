@@ -1,0 +1,78 @@
+"""QQ message events turned into :class:`~hermes.messages.InboundMessage`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hermes.messages import InboundMessage
+
+MESSAGE_EVENTS = {
+    "C2C_MESSAGE_CREATE": "c2c",
+    "GROUP_AT_MESSAGE_CREATE": "group",
+    "AT_MESSAGE_CREATE": "channel",
+    "DIRECT_MESSAGE_CREATE": "dm",
+}
+
+
+def _str(d: dict[str, Any], key: str, event: str) -> str:
+    value = d.get(key)
+    if not isinstance(value, str | int) or value == "":
+        raise ValueError(f"{event}: missing or empty {key!r}")
+    return str(value)
+
+
+def _timestamp(raw: Any) -> datetime | None:
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+def parse_message(platform: str, event: str, d: Any, event_id: str | None = None) -> InboundMessage:
+    """The inbound message in a message event; ``ValueError`` naming what is missing.
+
+    ``event_id`` is the envelope's ``id``, kept in ``extra`` for replies that need it."""
+    kind = MESSAGE_EVENTS[event]
+    if not isinstance(d, dict):
+        raise ValueError(f"{event}: 'd' is not an object")
+    author = d.get("author")
+    if not isinstance(author, dict):
+        raise ValueError(f"{event}: missing 'author'")
+    extra: dict[str, str] = {}
+    name: str | None = None
+    if kind == "c2c":
+        author_id = _str(author, "user_openid", event)
+        chat_id = author_id
+    elif kind == "group":
+        author_id = _str(author, "member_openid", event)
+        chat_id = _str(d, "group_openid", event)
+    else:
+        author_id = _str(author, "id", event)
+        username = author.get("username")
+        name = username if isinstance(username, str) else None
+        guild = _str(d, "guild_id", event)
+        extra["guild_id"] = guild
+        if kind == "channel":
+            chat_id = _str(d, "channel_id", event)
+        else:
+            chat_id = guild
+            if isinstance(d.get("channel_id"), str):
+                extra["channel_id"] = d["channel_id"]
+    if event_id:
+        extra["event_id"] = event_id
+    content = d.get("content")
+    return InboundMessage(
+        platform=platform,
+        message_id=_str(d, "id", event),
+        chat_kind=kind,
+        chat_id=chat_id,
+        author_id=author_id,
+        text=content.strip() if isinstance(content, str) else "",
+        timestamp=_timestamp(d.get("timestamp")),
+        author_name=name,
+        event=event,
+        extra=extra,
+    )

@@ -1,0 +1,409 @@
+"""The QQ Bot gateway protocol, without I/O.
+
+Frames in, actions out: :class:`Connection` is the state machine of one WebSocket
+connection (Hello, Identify or Resume, READY/RESUMED, dispatches, heartbeats and
+their ACKs); :class:`Session` is what survives reconnects (session id, last seq);
+:func:`plan_after` decides, for every way a connection can end, whether to resume,
+identify again, wait, or give up; :class:`Reconnector` turns that into delays and
+notices a reconnect storm. The adapter's driver only moves bytes and sleeps.
+
+Payload envelope: ``{"op": int, "d": any, "s": int, "t": str, "id": str}``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Any
+
+from hermes.errors import QQMalformedFrame, QQProtocolError
+
+
+class Op(IntEnum):
+    DISPATCH = 0
+    HEARTBEAT = 1
+    IDENTIFY = 2
+    RESUME = 6
+    RECONNECT = 7
+    INVALID_SESSION = 9
+    HELLO = 10
+    HEARTBEAT_ACK = 11
+    HTTP_CALLBACK_ACK = 12
+
+
+ZOMBIE_CLOSE_CODE = 4000
+"""Our close code for a connection whose heartbeats went unacknowledged. Anything but
+1000, which would end the session on the server and make a resume impossible."""
+
+
+# -- frames
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    op: int
+    d: Any
+    s: int | None
+    t: str | None
+    id: str | None
+
+
+def decode(raw: str | bytes) -> Frame:
+    """Parse one payload; :class:`QQMalformedFrame` says what is wrong with it."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise QQMalformedFrame(f"frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise QQMalformedFrame(f"frame is not a JSON object: {type(obj).__name__}")
+    op = obj.get("op")
+    if type(op) is not int:
+        raise QQMalformedFrame(f"frame has no integer 'op': {op!r}")
+    s = obj.get("s")
+    if s is not None and type(s) is not int:
+        raise QQMalformedFrame(f"frame 's' is not an integer: {s!r}")
+    t = obj.get("t")
+    if t is not None and not isinstance(t, str):
+        raise QQMalformedFrame(f"frame 't' is not a string: {t!r}")
+    fid = obj.get("id")
+    return Frame(op, obj.get("d"), s, t, fid if isinstance(fid, str) else None)
+
+
+def encode(op: Op, d: Any) -> str:
+    return json.dumps({"op": int(op), "d": d}, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- what survives reconnects
+
+
+class Session:
+    """The resume state: session id from READY and the highest ``s`` seen (never decreases)."""
+
+    __slots__ = ("seq", "session_id")
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.seq: int | None = None
+
+    def observe(self, s: int) -> None:
+        if self.seq is None or s > self.seq:
+            self.seq = s
+
+    def clear(self) -> None:
+        self.session_id = None
+        self.seq = None
+
+    @property
+    def resumable(self) -> bool:
+        return self.session_id is not None
+
+
+# -- one connection
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    interval: float
+    """Seconds between heartbeats, from the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    resumed: bool
+    user: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    t: str
+    d: Any
+    s: int | None
+    id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """A heartbeat ACK arrived: the connection is proven alive."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRequested:
+    """op 7: the server asks us to reconnect and resume."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInvalid:
+    """op 9; ``resumable`` is its ``d``."""
+
+    resumable: bool
+
+
+Action = Send | Hello | Ready | Dispatch | Acked | ReconnectRequested | SessionInvalid
+ACKED = Acked()
+
+
+class Phase(Enum):
+    AWAIT_HELLO = "await_hello"
+    AUTHENTICATING = "authenticating"
+    ACTIVE = "active"
+
+
+class Connection:
+    """One WebSocket connection's protocol state."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        token: str,
+        intents: int,
+        shard: tuple[int, int] = (0, 1),
+        resume: bool = True,
+        properties: dict[str, str] | None = None,
+    ) -> None:
+        self.session = session
+        self.token = token
+        self.intents = int(intents)
+        self.shard = shard
+        self.want_resume = resume
+        self.properties = properties or {"$os": "linux", "$browser": "hermes", "$device": "hermes"}
+        self.phase = Phase.AWAIT_HELLO
+        self.heartbeat_interval: float | None = None
+        self.resuming = False
+        """True once a Resume (not an Identify) was sent on this connection."""
+        self.awaiting_ack = False
+        self.zombie = False
+
+    def receive(self, raw: str | bytes) -> list[Action]:
+        frame = decode(raw)
+        op = frame.op
+        if op == Op.DISPATCH:
+            return self._dispatch(frame)
+        if op == Op.HEARTBEAT_ACK:
+            self.awaiting_ack = False
+            return [ACKED]
+        if op == Op.HELLO:
+            return self._hello(frame)
+        if op == Op.HEARTBEAT:
+            # The server wants a heartbeat now; answer at once, with the last seq.
+            return [Send(encode(Op.HEARTBEAT, self.session.seq))]
+        if op == Op.RECONNECT:
+            return [ReconnectRequested()]
+        if op == Op.INVALID_SESSION:
+            return [SessionInvalid(frame.d is True)]
+        if op == Op.HTTP_CALLBACK_ACK:
+            return []
+        raise QQProtocolError(f"unexpected op {op} from the server")
+
+    def _hello(self, frame: Frame) -> list[Action]:
+        if self.phase is not Phase.AWAIT_HELLO:
+            raise QQProtocolError("second Hello on one connection")
+        d = frame.d if isinstance(frame.d, dict) else {}
+        interval = d.get("heartbeat_interval")
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+            raise QQProtocolError(f"Hello without a positive heartbeat_interval: {frame.d!r}")
+        self.heartbeat_interval = interval / 1000
+        self.phase = Phase.AUTHENTICATING
+        auth = f"QQBot {self.token}"
+        session = self.session
+        if self.want_resume and session.session_id is not None:
+            self.resuming = True
+            payload = {"token": auth, "session_id": session.session_id, "seq": session.seq or 0}
+            return [Hello(self.heartbeat_interval), Send(encode(Op.RESUME, payload))]
+        payload = {
+            "token": auth,
+            "intents": self.intents,
+            "shard": list(self.shard),
+            "properties": self.properties,
+        }
+        return [Hello(self.heartbeat_interval), Send(encode(Op.IDENTIFY, payload))]
+
+    def _dispatch(self, frame: Frame) -> list[Action]:
+        if frame.s is not None:
+            self.session.observe(frame.s)
+        t = frame.t
+        if t == "READY":
+            d = frame.d if isinstance(frame.d, dict) else None
+            sid = d.get("session_id") if d else None
+            if not isinstance(sid, str) or not sid:
+                raise QQProtocolError(f"READY without a session_id: {frame.d!r}")
+            self.session.session_id = sid
+            self.phase = Phase.ACTIVE
+            user = d.get("user") if d else None
+            return [Ready(False, user if isinstance(user, dict) else {})]
+        if t == "RESUMED":
+            self.phase = Phase.ACTIVE
+            return [Ready(True, {})]
+        if t is None:
+            raise QQProtocolError("dispatch without an event type 't'")
+        return [Dispatch(t, frame.d, frame.s, frame.id)]
+
+    def heartbeat(self) -> Send | None:
+        """The heartbeat to send now, or ``None`` if the last one was never acknowledged:
+        the connection is a zombie (half-open, or the server stopped answering)."""
+        if self.awaiting_ack:
+            self.zombie = True
+            return None
+        self.awaiting_ack = True
+        return Send(encode(Op.HEARTBEAT, self.session.seq))
+
+
+# -- after a connection ends
+
+
+class Next(Enum):
+    RESUME = "resume"
+    IDENTIFY = "identify"
+    GIVE_UP = "give_up"
+
+
+class Wait(Enum):
+    NONE = "none"
+    """Reconnect at once (the server asked for it)."""
+    BACKOFF = "backoff"
+    """The usual capped exponential backoff with jitter."""
+    RATE_LIMITED = "rate_limited"
+    """At least the configured rate-limit delay (4008)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    next: Next
+    wait: Wait = Wait.BACKOFF
+    clear_session: bool = False
+    refresh_token: bool = False
+    code: str | None = None
+    """Reason code when giving up."""
+    message: str = ""
+
+
+FATAL_CLOSE_CODES: dict[int, tuple[str, str]] = {
+    4001: ("qq_invalid_opcode", "the gateway rejected an opcode we sent (4001)"),
+    4002: ("qq_invalid_payload", "the gateway rejected a payload we sent (4002)"),
+    4010: ("qq_invalid_shard", "invalid shard (4010)"),
+    4011: (
+        "qq_too_many_guilds",
+        "too many guilds for one connection; the bot needs sharding (4011)",
+    ),
+    4012: ("qq_invalid_version", "invalid gateway version (4012)"),
+    4013: ("qq_invalid_intent", "invalid intent (4013)"),
+    4014: ("qq_intent_not_permitted", "an intent is not permitted for this bot (4014)"),
+    4914: (
+        "qq_offline_sandbox_only",
+        "the bot is offline; only the sandbox environment may connect (4914)",
+    ),
+    4915: ("qq_banned", "the bot is banned; apply for unbanning before connecting (4915)"),
+}
+
+
+def plan_after_close(code: int | None) -> Plan:
+    """What to do after the server closed the connection with ``code`` (None: no close frame)."""
+    if code in FATAL_CLOSE_CODES:
+        reason, message = FATAL_CLOSE_CODES[code]
+        return Plan(Next.GIVE_UP, code=reason, message=message)
+    if code == 4009:  # the connection expired: reconnect and resume
+        return Plan(Next.RESUME, Wait.NONE)
+    if code == 4008:  # we sent too fast
+        return Plan(Next.RESUME, Wait.RATE_LIMITED)
+    if code in (4006, 4007) or (code is not None and 4900 <= code <= 4913):
+        # 4006 invalid session, 4007 invalid seq, 49xx internal errors: start a new session.
+        return Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True)
+    if code == 4004:  # authentication failed: the token is bad or expired
+        return Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True, refresh_token=True)
+    # No close frame (a dropped connection), 1000/1001 from the server, or a code we do not
+    # know: keep the session and try to resume.
+    return Plan(Next.RESUME, Wait.BACKOFF)
+
+
+def plan_after_reconnect_request() -> Plan:
+    return Plan(Next.RESUME, Wait.NONE)
+
+
+def plan_after_invalid_session(resumable: bool) -> Plan:
+    if resumable:
+        return Plan(Next.RESUME, Wait.BACKOFF)
+    return Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True)
+
+
+def plan_after_zombie() -> Plan:
+    return Plan(Next.RESUME, Wait.NONE)
+
+
+# -- reconnect timing
+
+
+class Backoff:
+    """Capped exponential delays with jitter: ``initial * factor**n``, at most ``maximum``,
+    each multiplied by a random factor in ``[1 - jitter, 1]`` so a fleet does not reconnect
+    in lockstep."""
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        maximum: float = 60.0,
+        factor: float = 2.0,
+        jitter: float = 0.3,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial, self.maximum, self.factor, self.jitter = initial, maximum, factor, jitter
+        self._rng = rng
+        self.steps = 0
+
+    def next(self) -> float:
+        base = min(self.initial * self.factor**self.steps, self.maximum)
+        self.steps += 1
+        return base * (1 - self.jitter * self._rng())
+
+    def reset(self) -> None:
+        self.steps = 0
+
+
+class Reconnector:
+    """Delays between connections, and when to give up.
+
+    A connection that stayed up ``stable_after`` seconds resets the backoff and the
+    failure count. Anything shorter counts as a failure, even after READY: a server
+    that accepts and drops at once (a quick-disconnect storm) is throttled by the
+    growing backoff, and after ``max_failures`` failures in a row the adapter gives up
+    (``qq_reconnect_exhausted``, retryable: the watchdog decides what comes next).
+    """
+
+    def __init__(
+        self, backoff: Backoff, *, max_failures: int, stable_after: float, rate_limit_delay: float
+    ) -> None:
+        self.backoff = backoff
+        self.max_failures = max_failures
+        self.stable_after = stable_after
+        self.rate_limit_delay = rate_limit_delay
+        self.failures = 0
+
+    def after(self, plan: Plan, lasted: float | None) -> float | None:
+        """The delay before the next connection, or ``None`` to give up.
+
+        ``lasted``: seconds the connection was usable (READY/RESUMED to its end); ``None``
+        if it never became usable.
+        """
+        if lasted is not None and lasted >= self.stable_after:
+            self.failures = 0
+            self.backoff.reset()
+            return 0.0 if plan.wait is Wait.NONE else self._wait(plan)
+        self.failures += 1
+        if self.failures > self.max_failures:
+            return None
+        if plan.wait is Wait.NONE and self.failures == 1:
+            return 0.0
+        return self._wait(plan)
+
+    def _wait(self, plan: Plan) -> float:
+        delay = self.backoff.next()
+        if plan.wait is Wait.RATE_LIMITED:
+            delay = max(delay, self.rate_limit_delay)
+        return delay

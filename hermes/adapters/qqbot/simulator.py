@@ -1,0 +1,698 @@
+"""A local stand-in for the QQ open platform on 127.0.0.1: token endpoint, REST API, gateway.
+
+It speaks the documented protocol (see the QQ Bot docs: access tokens, ``/gateway``,
+opcodes, close codes, message endpoints), records everything the bot sends, validates
+what the real platform validates (``Authorization: QQBot {token}``, intents, ``msg_id``
+and ``msg_seq`` de-duplication, the passive-reply window) and can be told to misbehave
+in every way the adapter must survive. Tests, ``make demo``, benchmarks and
+``hermes simulate qqbot`` all use it; nothing leaves the machine.
+
+Two listeners: HTTP (token and REST, on h11) and WebSocket (the gateway, on websockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import h11
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+CN = timezone(timedelta(hours=8), "CST")
+
+# Passive-reply windows from the docs: C2C 60 min, group / channel / DM 5 min.
+REPLY_WINDOWS = {"c2c": 3600.0, "group": 300.0, "channel": 300.0, "dm": 300.0}
+ROUTES = {"users": "c2c", "groups": "group", "channels": "channel", "dms": "dm"}
+EVENTS = {
+    "c2c": "C2C_MESSAGE_CREATE",
+    "group": "GROUP_AT_MESSAGE_CREATE",
+    "channel": "AT_MESSAGE_CREATE",
+    "dm": "DIRECT_MESSAGE_CREATE",
+}
+INTENT_OF = {"c2c": 1 << 25, "group": 1 << 25, "channel": 1 << 30, "dm": 1 << 12}
+
+
+@dataclass
+class Fault:
+    """A scripted answer for one HTTP request: a status with a body, or a dropped connection."""
+
+    status: int = 500
+    body: Any = None
+    delay: float = 0.0
+    drop: bool = False
+
+
+@dataclass
+class SentMessage:
+    """A message the bot sent through the REST API, as received."""
+
+    kind: str
+    target: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    status: int
+    at: float
+
+
+@dataclass
+class ClientFrame:
+    at: float
+    op: int
+    d: Any
+
+
+@dataclass
+class SimConnection:
+    """One bot connection to the simulated gateway."""
+
+    number: int
+    ws: ServerConnection
+    frames: list[ClientFrame] = field(default_factory=list)
+    ready: bool = False
+    silent: bool = False
+    """Half-open: the server neither sends nor answers anything any more."""
+    withhold_acks: bool = False
+    close_code: int | None = None
+    """The code the bot closed with; None until closed (or if it closed without a frame)."""
+    closed: bool = False
+
+    def ops(self) -> list[int]:
+        return [f.op for f in self.frames]
+
+
+@dataclass
+class _ServerSession:
+    session_id: str
+    seq: int = 0
+    buffer: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=5000))
+
+
+class QQSimulator:
+    """See the module docstring. Use as ``async with QQSimulator(...) as sim:``."""
+
+    def __init__(
+        self,
+        *,
+        app_id: str = "102000001",
+        client_secret: str = "simulator-secret",
+        heartbeat_interval: float = 45.0,
+        token_ttl: float = 7200.0,
+        allowed_intents: int = (1 << 31) - 1,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        ws_port: int = 0,
+        reply_windows: dict[str, float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.app_id = app_id
+        self.client_secret = client_secret
+        self.heartbeat_interval = heartbeat_interval
+        self.token_ttl = token_ttl
+        self.allowed_intents = allowed_intents
+        self.host = host
+        self.http_port = http_port
+        self.ws_port = ws_port
+        self.reply_windows = dict(REPLY_WINDOWS, **(reply_windows or {}))
+        self.clock = clock
+        # What the bot did.
+        self.token_requests: list[dict[str, Any]] = []
+        self.api_requests: list[tuple[str, str]] = []
+        self.sent: list[SentMessage] = []
+        self.connections: list[SimConnection] = []
+        # Platform state.
+        self.tokens: dict[str, float] = {}
+        self.session: _ServerSession | None = None
+        self.messages: dict[str, tuple[str, float]] = {}
+        """Message ids dispatched to the bot: kind and when (for msg_id and the reply window)."""
+        self.used_seqs: set[tuple[str, int]] = set()
+        # Scripted behaviour.
+        self.faults: dict[str, deque[Fault]] = {
+            "token": deque(),
+            "gateway": deque(),
+            "message": deque(),
+        }
+        self.delays: dict[str, float] = {"token": 0.0, "gateway": 0.0, "message": 0.0}
+        self.reject_tokens = False
+        """Close every Identify/Resume with 4004, as for a revoked token."""
+        self.silent_new_connections = False
+        """Accept connections but never send Hello: a gateway that hangs."""
+        self.withhold_acks = False
+        self._changed = asyncio.Condition()
+        self._http: asyncio.Server | None = None
+        self._ws_server: Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> QQSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._http = await asyncio.start_server(self._http_client, self.host, self.http_port)
+        self.http_port = self._http.sockets[0].getsockname()[1]
+        await self.accept_connections()
+
+    async def stop(self) -> None:
+        await self.refuse_connections()
+        if self._http is not None:
+            self._http.close()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await self._http.wait_closed()
+            self._http = None
+
+    async def refuse_connections(self) -> None:
+        """Close the gateway's listener (connections are refused) and drop every connection."""
+        if self._ws_server is not None:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+            self._ws_server = None
+
+    async def accept_connections(self) -> None:
+        """(Re)open the gateway's listener on the same port."""
+        if self._ws_server is None:
+            self._ws_server = await serve(
+                self._gateway_client,
+                self.host,
+                self.ws_port,
+                compression=None,
+                max_size=2**22,
+                ping_interval=None,
+            )
+            self.ws_port = self._ws_server.sockets[0].getsockname()[1]
+
+    @property
+    def api_base(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.api_base}/app/getAppAccessToken"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://{self.host}:{self.ws_port}/websocket"
+
+    def adapter_settings(self, **overrides: Any) -> dict[str, Any]:
+        """Settings for a ``qqbot`` platform pointed at this simulator (the secret as a value)."""
+        return {
+            "app_id": self.app_id,
+            "api_base": self.api_base,
+            "token_url": self.token_url,
+            **overrides,
+        }
+
+    # -- waiting for the bot
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_until(self, condition: Callable[[], object], timeout: float, what: str) -> None:
+        """Wait until ``condition()`` holds (re-checked whenever the bot does something)."""
+
+        async def waiter() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: bool(condition()))
+
+        try:
+            await asyncio.wait_for(waiter(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"simulator: {what} not seen within {timeout:g} s") from None
+
+    @property
+    def current(self) -> SimConnection | None:
+        """The newest connection that is still open."""
+        for conn in reversed(self.connections):
+            if not conn.closed:
+                return conn
+        return None
+
+    async def wait_ready(self, timeout: float = 5.0, count: int = 1) -> SimConnection:
+        """Wait until ``count`` connections have reached READY/RESUMED; return the newest."""
+        await self.wait_until(
+            lambda: sum(c.ready for c in self.connections) >= count,
+            timeout,
+            f"{count} ready connections",
+        )
+        return [c for c in self.connections if c.ready][-1]
+
+    # -- the gateway (server side)
+
+    async def _gateway_client(self, ws: ServerConnection) -> None:
+        conn = SimConnection(len(self.connections) + 1, ws, withhold_acks=self.withhold_acks)
+        self.connections.append(conn)
+        await self._notify()
+        try:
+            if self.silent_new_connections:
+                conn.silent = True
+                await ws.wait_closed()
+                return
+            await ws.send(
+                json.dumps(
+                    {"op": 10, "d": {"heartbeat_interval": int(self.heartbeat_interval * 1000)}}
+                )
+            )
+            async for raw in ws:
+                if conn.silent:
+                    continue
+                await self._client_frame(conn, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closed = True
+            rcvd = ws.protocol.close_rcvd
+            conn.close_code = rcvd.code if rcvd is not None else None
+            await self._notify()
+
+    async def _client_frame(self, conn: SimConnection, raw: str | bytes) -> None:
+        try:
+            frame = json.loads(raw)
+            op = frame["op"]
+        except (ValueError, KeyError, TypeError):
+            await conn.ws.close(4002, "invalid payload")
+            return
+        d = frame.get("d")
+        conn.frames.append(ClientFrame(self.clock(), op, d))
+        await self._notify()
+        if op == 1:
+            if not conn.withhold_acks:
+                await conn.ws.send('{"op":11}')
+        elif op == 2:
+            await self._identify(conn, d)
+        elif op == 6:
+            await self._resume(conn, d)
+        else:
+            await conn.ws.close(4001, "invalid opcode")
+
+    def _token_ok(self, auth: Any, *, gateway: bool = False) -> bool:
+        if (
+            (gateway and self.reject_tokens)
+            or not isinstance(auth, str)
+            or not auth.startswith("QQBot ")
+        ):
+            return False
+        expires = self.tokens.get(auth[6:])
+        return expires is not None and expires > self.clock()
+
+    async def _identify(self, conn: SimConnection, d: Any) -> None:
+        if not isinstance(d, dict) or not self._token_ok(d.get("token"), gateway=True):
+            await conn.ws.close(4004, "authentication failed")
+            return
+        intents = d.get("intents")
+        if not isinstance(intents, int) or intents <= 0:
+            await conn.ws.close(4013, "invalid intent")
+            return
+        if intents & ~self.allowed_intents:
+            await conn.ws.close(4014, "intent not permitted")
+            return
+        shard = d.get("shard", [0, 1])
+        if not (isinstance(shard, list) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            await conn.ws.close(4010, "invalid shard")
+            return
+        self.session = _ServerSession(str(uuid.uuid4()))
+        self.session.seq += 1
+        ready = {
+            "op": 0,
+            "s": self.session.seq,
+            "t": "READY",
+            "d": {
+                "version": 1,
+                "session_id": self.session.session_id,
+                "user": {"id": "6158788878435714165", "username": "hermes-sim-bot", "bot": True},
+                "shard": shard,
+            },
+        }
+        await conn.ws.send(json.dumps(ready))
+        conn.ready = True
+        await self._notify()
+
+    async def _resume(self, conn: SimConnection, d: Any) -> None:
+        if not isinstance(d, dict) or not self._token_ok(d.get("token"), gateway=True):
+            await conn.ws.close(4004, "authentication failed")
+            return
+        session = self.session
+        if session is None or d.get("session_id") != session.session_id:
+            await conn.ws.close(4006, "invalid session id, identify")
+            return
+        seq = d.get("seq")
+        if not isinstance(seq, int) or seq > session.seq:
+            await conn.ws.close(4007, "invalid seq")
+            return
+        for s, text in list(session.buffer):
+            if s > seq:
+                await conn.ws.send(text)
+        session.seq += 1
+        await conn.ws.send(json.dumps({"op": 0, "s": session.seq, "t": "RESUMED", "d": ""}))
+        conn.ready = True
+        await self._notify()
+
+    # -- scripting the gateway
+
+    async def dispatch(
+        self, t: str, d: Any, *, event_id: str | None = None, seq: int | None = None
+    ) -> int:
+        """Send an event in the current session (buffered for replay when no connection is up).
+
+        ``seq`` forces a sequence number (duplicates, out of order); by default the next one.
+        """
+        session = self.session
+        if session is None:
+            raise RuntimeError("no session: the bot has not identified")
+        if seq is None:
+            session.seq += 1
+            seq = session.seq
+        session.seq = max(session.seq, seq)
+        text = json.dumps(
+            {"op": 0, "s": seq, "t": t, "id": event_id or f"{t}:{uuid.uuid4().hex}", "d": d},
+            ensure_ascii=False,
+        )
+        session.buffer.append((seq, text))
+        conn = self.current
+        if conn is not None and conn.ready and not conn.silent:
+            with contextlib.suppress(ConnectionClosed):
+                await conn.ws.send(text)
+        return seq
+
+    def message_payload(
+        self,
+        kind: str,
+        text: str,
+        *,
+        message_id: str | None = None,
+        author: str = "user-1",
+        chat: str = "chat-1",
+    ) -> dict[str, Any]:
+        """A realistic ``d`` for a message event of ``kind`` (c2c, group, channel, dm)."""
+        mid = message_id or f"ROBOT1.0_{secrets.token_urlsafe(24)}"
+        now = datetime.now(CN).isoformat(timespec="seconds")
+        if kind == "c2c":
+            return {
+                "id": mid,
+                "content": text,
+                "timestamp": now,
+                "author": {"id": author, "user_openid": author, "union_openid": author},
+            }
+        if kind == "group":
+            return {
+                "id": mid,
+                "content": " " + text,
+                "timestamp": now,
+                "group_openid": chat,
+                "author": {"id": author, "member_openid": author, "union_openid": author},
+            }
+        guild = {
+            "id": author,
+            "username": f"name-{author}",
+            "bot": False,
+            "avatar": "http://thirdqq.qlogo.cn/0",
+        }
+        d = {
+            "id": mid,
+            "content": text,
+            "timestamp": now,
+            "channel_id": chat if kind == "channel" else "dm-channel",
+            "guild_id": chat if kind == "dm" else "guild-1",
+            "author": guild,
+            "member": {"joined_at": now, "roles": ["1"]},
+            "seq": 1,
+            "seq_in_channel": "1",
+        }
+        if kind == "dm":
+            d.update(direct_message=True, src_guild_id="guild-src")
+        return d
+
+    async def send_message(self, kind: str, text: str, **kw: Any) -> str:
+        """Dispatch a message event; returns its message id (valid for replies)."""
+        d = self.message_payload(kind, text, **kw)
+        self.messages[d["id"]] = (kind, self.clock())
+        await self.dispatch(EVENTS[kind], d)
+        return str(d["id"])
+
+    async def send_op(self, op: int, d: Any = None) -> None:
+        """Send a bare opcode on the current connection (1 heartbeat request, 7 reconnect, 9 invalid session)."""
+        conn = self._require_current()
+        await conn.ws.send(json.dumps({"op": op, "d": d}))
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the current connection with a close frame."""
+        await self._require_current().ws.close(code, reason)
+
+    def drop(self) -> None:
+        """Abort the current connection's TCP connection: no close frame."""
+        self._require_current().ws.transport.abort()
+
+    def go_silent(self) -> None:
+        """Make the current connection half-open: the socket stays up, nothing flows."""
+        conn = self._require_current()
+        conn.silent = True
+
+    def _require_current(self) -> SimConnection:
+        conn = self.current
+        if conn is None:
+            raise RuntimeError("no open connection")
+        return conn
+
+    def fail_next(
+        self,
+        endpoint: str,
+        count: int = 1,
+        *,
+        status: int = 500,
+        body: Any = None,
+        delay: float = 0.0,
+        drop: bool = False,
+    ) -> None:
+        """Make the next ``count`` requests to ``endpoint`` (token, gateway, message) fail."""
+        for _ in range(count):
+            self.faults[endpoint].append(Fault(status, body, delay, drop))
+
+    def rate_limit(self, count: int = 1, *, http_429: bool = True) -> None:
+        """The next ``count`` message sends are rate limited: HTTP 429, or the platform's code 22009."""
+        body = {
+            "message": "msg limit exceed",
+            "code": 22009,
+            "err_code": 22009,
+            "trace_id": uuid.uuid4().hex,
+        }
+        self.fail_next("message", count, status=429 if http_429 else 400, body=body)
+
+    # -- the HTTP side
+
+    async def _http_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request, body = await self._read_request(conn, reader)
+                if request is None:
+                    return
+                status, payload, keep = await self._route(request, body)
+                if status < 0:  # scripted: drop the connection
+                    return
+                data = json.dumps(payload, ensure_ascii=False).encode()
+                headers = [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(data))),
+                    ("X-Tps-trace-ID", uuid.uuid4().hex),
+                ]
+                writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+                writer.write(conn.send(h11.Data(data=data)) or b"")
+                writer.write(conn.send(h11.EndOfMessage()) or b"")
+                await writer.drain()
+                if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (ConnectionError, h11.RemoteProtocolError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader
+    ) -> tuple[h11.Request | None, bytes]:
+        request: h11.Request | None = None
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                conn.receive_data(data)
+                if not data and request is None:
+                    return None, b""
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return request, body
+            elif isinstance(event, h11.ConnectionClosed):
+                return None, b""
+
+    async def _route(self, request: h11.Request, raw: bytes) -> tuple[int, Any, bool]:
+        method = request.method.decode()
+        path = request.target.decode().split("?")[0]
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+        self.api_requests.append((method, path))
+        if method == "POST" and path == "/app/getAppAccessToken":
+            endpoint = "token"
+        elif method == "GET" and path in ("/gateway", "/gateway/bot"):
+            endpoint = "gateway"
+        elif method == "POST" and path.endswith("/messages"):
+            endpoint = "message"
+        else:
+            return 404, {"code": 404, "message": f"no route {method} {path}"}, True
+        if self.delays[endpoint]:
+            await asyncio.sleep(self.delays[endpoint])
+        fault = self.faults[endpoint].popleft() if self.faults[endpoint] else None
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.drop:
+                return -1, None, False
+        if fault is not None and endpoint != "message":
+            return (
+                fault.status,
+                fault.body or {"code": fault.status, "message": "scripted failure"},
+                True,
+            )
+        if endpoint == "token":
+            return self._token(headers, raw)
+        if not self._token_ok(headers.get("authorization")):
+            return (
+                401,
+                {
+                    "message": "Token错误",
+                    "code": 11243,
+                    "err_code": 40012002,
+                    "trace_id": uuid.uuid4().hex,
+                },
+                True,
+            )
+        if endpoint == "gateway":
+            if path == "/gateway":
+                return 200, {"url": self.gateway_url}, True
+            limit = {
+                "total": 1500,
+                "remaining": 1500,
+                "reset_after": 86_400_000,
+                "max_concurrency": 1,
+            }
+            return 200, {"url": self.gateway_url, "shards": 1, "session_start_limit": limit}, True
+        answer = self._message(path, headers, raw, fault)
+        await self._notify()
+        return answer
+
+    def _token(self, headers: dict[str, str], raw: bytes) -> tuple[int, Any, bool]:
+        try:
+            body = (
+                json.loads(raw)
+                if headers.get("content-type", "").startswith("application/json")
+                else None
+            )
+        except ValueError:
+            body = None
+        self.token_requests.append(body if isinstance(body, dict) else {})
+        if not isinstance(body, dict):
+            return 200, {"code": 100007, "message": "appid invalid"}, True
+        if body.get("appId") != self.app_id or body.get("clientSecret") != self.client_secret:
+            return 200, {"code": 100016, "message": "invalid appid or secret"}, True
+        now = self.clock()
+        # The platform hands out a new token only in the last 60 s of the current one.
+        for token, expires in self.tokens.items():
+            if expires - now > 60:
+                return 200, {"access_token": token, "expires_in": str(int(expires - now))}, True
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = now + self.token_ttl
+        return 200, {"access_token": token, "expires_in": str(int(self.token_ttl))}, True
+
+    def _message(
+        self, path: str, headers: dict[str, str], raw: bytes, fault: Fault | None
+    ) -> tuple[int, Any, bool]:
+        parts = path.strip("/").split("/")
+        if parts[0] == "v2" and len(parts) == 4 and parts[1] in ("users", "groups"):
+            kind, target = ROUTES[parts[1]], parts[2]
+        elif len(parts) == 3 and parts[0] in ("channels", "dms"):
+            kind, target = ROUTES[parts[0]], parts[1]
+        else:
+            return 404, {"code": 404, "message": f"no route {path}"}, True
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if fault is not None:
+            status, answer = (
+                fault.status,
+                fault.body or {"code": fault.status, "message": "scripted failure"},
+            )
+        else:
+            status, answer = self._check_message(kind, body)
+        self.sent.append(
+            SentMessage(
+                kind, target, body if isinstance(body, dict) else {}, headers, status, self.clock()
+            )
+        )
+        return status, answer, True
+
+    def _check_message(self, kind: str, body: Any) -> tuple[int, Any]:
+        trace = uuid.uuid4().hex
+
+        def error(code: int, message: str, status: int = 400) -> tuple[int, Any]:
+            return status, {"message": message, "code": code, "err_code": code, "trace_id": trace}
+
+        if not isinstance(body, dict):
+            return error(40034001, "request body is not a JSON object")
+        v2 = kind in ("c2c", "group")
+        if v2 and not isinstance(body.get("msg_type"), int):
+            return error(40034002, "msg_type is required")
+        content = body.get("content")
+        if (kind == "group" or not v2) and not (isinstance(content, str) and content):
+            return error(40034003, "content is required")
+        msg_id = body.get("msg_id")
+        if msg_id is not None:
+            known = self.messages.get(msg_id)
+            if known is None:
+                return error(40034004, "msg_id is invalid")
+            if self.clock() - known[1] > self.reply_windows[kind]:
+                return error(40034005, "回复消息已过期")
+            if v2:
+                seq = body.get("msg_seq", 1)
+                if (msg_id, seq) in self.used_seqs:
+                    return error(40054005, "消息被去重，请检查请求msgseq")
+                self.used_seqs.add((msg_id, seq))
+        sent_id = f"SIM_{uuid.uuid4().hex}"
+        now = datetime.now(UTC).astimezone(CN).isoformat(timespec="seconds")
+        if v2:
+            return 200, {"id": sent_id, "timestamp": now}
+        return 200, {
+            "id": sent_id,
+            "content": content,
+            "timestamp": now,
+            "author": {"id": "6158788878435714165", "bot": True},
+        }
+
+    # -- inspection helpers
+
+    def replies_to(self, message_id: str) -> list[SentMessage]:
+        return [m for m in self.sent if m.body.get("msg_id") == message_id and m.status == 200]

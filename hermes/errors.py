@@ -1,0 +1,75 @@
+"""Exceptions raised by the gateway and its adapters.
+
+::
+
+    HermesError
+     └── AdapterError                   a platform adapter failed
+          ├── SendError                 an outgoing message was not delivered
+          │    ├── RateLimited          still rate limited after the retries
+          │    └── QQApiError         the QQ open platform answered with an error
+          │         └── QQRateLimited    (RateLimited too)
+          ├── QQAuthError               the token endpoint refused the credentials (not retryable)
+          ├── QQTokenUnavailable        the token endpoint failed or timed out (retryable)
+          └── QQProtocolError           a frame from the gateway broke the protocol
+               └── QQMalformedFrame     ... or was not a payload at all (dropped, not fatal)
+
+Errors from the libraries underneath (httpx, websockets, json) are translated at the
+adapter's boundary and chained with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class HermesError(Exception):
+    """Base class of every error raised on purpose by the gateway."""
+
+
+class AdapterError(HermesError):
+    """A platform adapter failed."""
+
+
+class SendError(AdapterError):
+    """An outgoing message was not delivered."""
+
+
+class RateLimited(SendError):
+    """The platform kept rate limiting after the retries."""
+
+
+class QQApiError(SendError):
+    """An error answer from the QQ open platform's REST API."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: int | None = None,
+        trace_id: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.trace_id = trace_id
+        detail = f"HTTP {status}" + (f", code {code}" if code is not None else "")
+        detail += f", trace {trace_id}" if trace_id else ""
+        super().__init__(f"{message} ({detail})")
+
+
+class QQRateLimited(QQApiError, RateLimited):
+    """The QQ API still rate limited the call after the retries."""
+
+
+class QQAuthError(AdapterError):
+    """The token endpoint refused the app id or secret: restarting will not help."""
+
+
+class QQTokenUnavailable(AdapterError):
+    """The token endpoint failed, timed out or answered nonsense: worth retrying."""
+
+
+class QQProtocolError(AdapterError):
+    """The gateway sent something the protocol does not allow."""
+
+
+class QQMalformedFrame(QQProtocolError):
+    """A frame that is not a payload (not JSON, no integer ``op``): dropped and logged."""

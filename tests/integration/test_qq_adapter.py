@@ -1,0 +1,470 @@
+"""The QQ Bot adapter against the simulator, over real sockets on 127.0.0.1.
+
+Each test asserts what the adapter did: frames sent, HTTP calls made, states declared,
+reason codes reported. Timers are short (a 0.2 s heartbeat interval) but real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hermes.adapters.qqbot import QQBotAdapter, QQBotSettings
+from hermes.adapters.qqbot.simulator import QQSimulator
+from hermes.errors import QQRateLimited
+from hermes.messages import InboundMessage, OutboundMessage
+from tests.support.timing import t
+from watchdog.heartbeat import HeartbeatBoard, PlatformPolicy, PlatformRecord
+from watchdog.states import DeclaredState
+
+FAST = {
+    "reconnect_backoff": 0.05,
+    "reconnect_backoff_max": 0.2,
+    "hello_timeout": 1.0,
+    "ready_timeout": 1.0,
+    "stable_after": 3.0,
+    "reconnect_max_failures": 4,
+    "rate_limit_delay": 0.3,
+    "request_timeout": 2.0,
+}
+
+
+class Bot:
+    """One adapter instance on a real heartbeat board, with its inbound messages captured."""
+
+    def __init__(self, sim: QQSimulator, *, secret: str | None = None, **settings: Any) -> None:
+        self.sim = sim
+        self.board = HeartbeatBoard()
+        self.record: PlatformRecord = self.board.register(
+            "qq", "qqbot", required=True, policy=PlatformPolicy()
+        )
+        handle = self.board.begin_attempt(self.record, restart=False)
+        values = sim.adapter_settings(client_secret="env:QQ_SECRET", **{**FAST, **settings})
+        parsed = QQBotSettings.model_validate(
+            values,
+            context={"environ": {"QQ_SECRET": secret or sim.client_secret}, "base_dir": Path.cwd()},
+        )
+        self.adapter = QQBotAdapter("qq", parsed, handle)
+        self.inbound: list[InboundMessage] = []
+        self._got = asyncio.Event()
+        if settings.get("handler") is None:
+            self.adapter.on_message = self._capture
+        self.task: asyncio.Task[None] | None = None
+
+    async def _capture(self, message: InboundMessage) -> None:
+        self.inbound.append(message)
+        self._got.set()
+
+    def start(self) -> Bot:
+        self.task = asyncio.get_running_loop().create_task(
+            self.adapter.run(), name="test:qq-adapter"
+        )
+        return self
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        if not self.task.done():
+            await self.adapter.close()
+        await asyncio.wait_for(self.task, t(10))
+
+    async def ended(self, timeout: float = 10) -> None:
+        assert self.task is not None
+        await asyncio.wait_for(asyncio.shield(self.task), t(timeout))
+
+    async def wait_inbound(self, count: int, timeout: float = 5) -> list[InboundMessage]:
+        async def enough() -> None:
+            while len(self.inbound) < count:
+                self._got.clear()
+                await self._got.wait()
+
+        await asyncio.wait_for(enough(), t(timeout))
+        return self.inbound
+
+    def declared(self) -> list[str]:
+        return [c.new.value for c in self.board.drain_changes()]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[QQSimulator]:
+    async with QQSimulator(heartbeat_interval=0.2) as s:
+        yield s
+
+
+@pytest.fixture
+async def bot(sim: QQSimulator) -> AsyncIterator[Bot]:
+    b = Bot(sim).start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+def op_frames(conn: Any, op: int) -> list[Any]:
+    return [f.d for f in conn.frames if f.op == op]
+
+
+# -- the handshake
+
+
+async def test_identify_with_a_fresh_token_then_ready_then_connected(sim, bot):
+    conn = await sim.wait_ready(t(5))
+    (identify,) = op_frames(conn, 2)
+    token = identify["token"].removeprefix("QQBot ")
+    assert token in sim.tokens
+    assert identify["intents"] == (1 << 30) | (1 << 12) | (1 << 25)
+    assert identify["shard"] == [0, 1]
+    assert sim.token_requests == [{"appId": sim.app_id, "clientSecret": sim.client_secret}]
+    assert ("GET", "/gateway") in sim.api_requests
+    await sim.wait_until(lambda: bot.record.declared is DeclaredState.CONNECTED, t(2), "connected")
+    assert bot.declared() == ["connected"]
+    assert bot.record.ttl == pytest.approx(0.2 * 2.5)  # follows the Hello interval
+
+
+async def test_heartbeats_follow_the_hello_interval_and_acks_are_beats(sim, bot):
+    conn = await sim.wait_ready(t(5))
+    await sim.wait_until(lambda: len(op_frames(conn, 1)) >= 4, t(5), "4 heartbeats")
+    beats = [f.at for f in conn.frames if f.op == 1]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert all(0.15 < g < 0.6 for g in gaps), gaps
+    assert op_frames(conn, 1)[-1] == sim.session.seq  # d is the last seq
+    before = bot.record.last_beat
+    await sim.wait_until(lambda: len(op_frames(conn, 1)) >= 5, t(5), "another heartbeat")
+    await asyncio.sleep(0)  # let the ACK be read
+    assert bot.record.last_beat is not None
+    assert before is not None
+    assert bot.record.last_beat >= before
+
+
+async def test_a_server_heartbeat_request_is_answered_at_once(sim, bot):
+    conn = await sim.wait_ready(t(5))
+    count = len(op_frames(conn, 1))
+    await sim.send_op(1)
+    await sim.wait_until(
+        lambda: len(op_frames(conn, 1)) > count, t(0.15), "a heartbeat well before the interval"
+    )
+
+
+# -- inbound events
+
+
+@pytest.mark.parametrize("kind", ["c2c", "group", "channel", "dm"])
+async def test_each_message_event_becomes_an_inbound_message(sim, bot, kind):
+    await sim.wait_ready(t(5))
+    mid = await sim.send_message(kind, "你好 hermes", author="U1", chat="C1")
+    (m,) = await bot.wait_inbound(1)
+    assert (m.message_id, m.chat_kind, m.text, m.author_id, m.platform) == (
+        mid,
+        kind,
+        "你好 hermes",
+        "U1",
+        "qq",
+    )
+    assert m.chat_id == ("U1" if kind == "c2c" else "C1")
+    assert m.timestamp is not None
+
+
+async def test_duplicates_are_dropped_and_late_events_delivered(sim, bot):
+    await sim.wait_ready(t(5))
+    d1 = sim.message_payload("c2c", "one", message_id="m1")
+    d2 = sim.message_payload("c2c", "two", message_id="m2")
+    s1 = await sim.dispatch("C2C_MESSAGE_CREATE", d1)
+    await sim.dispatch("C2C_MESSAGE_CREATE", d1, seq=s1)  # the same event pushed twice
+    await sim.dispatch("C2C_MESSAGE_CREATE", {**d1}, seq=s1 + 5)  # same id, new seq
+    await sim.dispatch("C2C_MESSAGE_CREATE", d2, seq=s1 + 2)  # arrives after s1 + 5: out of order
+    await sim.send_message("c2c", "three", message_id="m3")
+    got = await bot.wait_inbound(3)
+    assert [m.message_id for m in got] == ["m1", "m2", "m3"]
+    assert bot.adapter.duplicates == 2
+    assert bot.adapter.session.seq == sim.session.seq
+
+
+async def test_a_malformed_frame_is_dropped_and_the_session_goes_on(sim, bot):
+    conn = await sim.wait_ready(t(5))
+    await conn.ws.send("{this is not json")
+    await sim.dispatch("C2C_MESSAGE_CREATE", {"id": "x", "author": {}})  # missing user_openid
+    await sim.send_message("c2c", "fine")
+    (m,) = await bot.wait_inbound(1)
+    assert m.text == "fine"
+    assert bot.adapter.malformed == 1
+    assert len(sim.connections) == 1
+
+
+# -- replies
+
+
+async def test_echo_replies_with_msg_id_and_increasing_msg_seq(sim):
+    bot = Bot(sim, handler="echo").start()
+    try:
+        await sim.wait_ready(t(5))
+        mid = await sim.send_message("group", "ping", chat="G1")
+        await sim.wait_until(lambda: sim.replies_to(mid), t(5), "the echo")
+        await bot.adapter.send(OutboundMessage("group", "G1", "second answer", reply_to=mid))
+        first, second = sim.replies_to(mid)
+        assert (first.kind, first.target) == ("group", "G1")
+        assert first.body == {"content": "ping", "msg_type": 0, "msg_id": mid, "msg_seq": 1}
+        assert second.body["msg_seq"] == 2
+        assert first.headers["authorization"].removeprefix("QQBot ") in sim.tokens
+        assert first.headers["x-union-appid"] == sim.app_id
+    finally:
+        await bot.stop()
+
+
+@pytest.mark.parametrize("http_429", [True, False])
+async def test_rate_limited_sends_are_retried_with_backoff(sim, bot, http_429):
+    await sim.wait_ready(t(5))
+    mid = await sim.send_message("c2c", "hi", author="U9")
+    sim.rate_limit(2, http_429=http_429)
+    await bot.adapter.send(OutboundMessage("c2c", "U9", "answer", reply_to=mid))
+    statuses = [m.status for m in sim.sent]
+    assert statuses == ([429, 429, 200] if http_429 else [400, 400, 200])
+    gaps = [b.at - a.at for a, b in zip(sim.sent, sim.sent[1:], strict=False)]
+    assert gaps[0] >= 0.45  # not a tight loop
+    assert gaps[1] >= 2 * gaps[0] * 0.9
+
+
+async def test_persistent_rate_limiting_raises_a_typed_error(sim, bot):
+    await sim.wait_ready(t(5))
+    sim.rate_limit(10)
+    with pytest.raises(QQRateLimited, match="still rate limited after 4 attempts"):
+        await bot.adapter.send(OutboundMessage("c2c", "U", "x"))
+
+
+async def test_a_second_reply_with_the_same_seq_is_refused_by_the_platform(sim, bot):
+    await sim.wait_ready(t(5))
+    mid = await sim.send_message("c2c", "hi", author="U")
+    bot.adapter.api.msg_seq.next(mid)  # pretend an earlier process replied with msg_seq 1 ...
+    await bot.adapter.send(OutboundMessage("c2c", "U", "a", reply_to=mid))
+    sim.used_seqs.add((mid, 3))  # ... and 3
+    from hermes.errors import QQApiError
+
+    with pytest.raises(QQApiError, match="40054005"):
+        await bot.adapter.send(OutboundMessage("c2c", "U", "b", reply_to=mid))
+
+
+# -- connections that end
+
+
+async def test_a_dropped_connection_is_resumed_and_nothing_is_lost_or_doubled(sim, bot):
+    await sim.wait_ready(t(5))
+    before = [await sim.send_message("c2c", f"m{i}") for i in range(3)]
+    await bot.wait_inbound(3)
+    sim.drop()  # no close frame
+    during = [await sim.send_message("c2c", f"d{i}") for i in range(4)]  # buffered by the server
+    conn = await sim.wait_ready(t(5), count=2)
+    (resume,) = op_frames(conn, 6)
+    assert resume["session_id"] == sim.session.session_id
+    after = [await sim.send_message("c2c", f"a{i}") for i in range(2)]
+    got = await bot.wait_inbound(9)
+    assert [m.message_id for m in got] == before + during + after
+    assert bot.declared() == ["connected", "reconnecting", "connected"]
+
+
+async def test_withheld_acks_make_a_zombie_that_is_closed_and_resumed(sim, bot):
+    first = await sim.wait_ready(t(5))
+    first.withhold_acks = True
+    conn = await sim.wait_ready(t(5), count=2)
+    assert first.close_code == 4000  # not 1000: the session stays resumable
+    assert op_frames(conn, 6)
+
+
+async def test_a_silent_half_open_connection_is_detected_and_resumed(sim, bot):
+    await sim.wait_ready(t(5))
+    sim.go_silent()
+    conn = await sim.wait_ready(t(5), count=2)
+    assert op_frames(conn, 6)
+
+
+@pytest.mark.parametrize(("d", "next_op"), [(True, 6), (False, 2)])
+async def test_invalid_session_resumes_or_identifies(sim, bot, d, next_op):
+    await sim.wait_ready(t(5))
+    await sim.send_op(9, d)
+    conn = await sim.wait_ready(t(5), count=2)
+    assert conn.frames[0].op == next_op
+
+
+async def test_reconnect_request_resumes_at_once(sim, bot):
+    first = await sim.wait_ready(t(5))
+    await sim.send_op(7)
+    conn = await sim.wait_ready(t(5), count=2)
+    assert conn.frames[0].op == 6
+    assert first.close_code == 4000
+
+
+async def test_4009_resumes_at_once_and_4008_waits_the_rate_limit_delay(sim, bot):
+    await sim.wait_ready(t(5))
+    await sim.close(4009, "connection expired")
+    second = await sim.wait_ready(t(5), count=2)
+    assert second.frames[0].op == 6
+    closed_at = asyncio.get_running_loop().time()
+    await sim.close(4008, "too fast")
+    third = await sim.wait_ready(t(5), count=3)
+    assert third.frames[0].op == 6
+    assert third.frames[0].at - closed_at >= 0.3
+
+
+@pytest.mark.parametrize("code", [4006, 4007, 4900, 4913])
+async def test_session_ending_codes_clear_the_session_and_identify(sim, bot, code):
+    await sim.wait_ready(t(5))
+    old = sim.session.session_id
+    await sim.close(code)
+    conn = await sim.wait_ready(t(5), count=2)
+    assert conn.frames[0].op == 2
+    assert sim.session.session_id != old
+
+
+async def test_4004_refetches_the_token_and_identifies(sim, bot):
+    await sim.wait_ready(t(5))
+    sim.tokens.clear()  # the platform forgot our token
+    await sim.close(4004, "authentication failed")
+    conn = await sim.wait_ready(t(5), count=2)
+    assert conn.frames[0].op == 2
+    assert len(sim.token_requests) == 2
+
+
+async def test_repeated_4004_with_fresh_tokens_is_a_final_qq_invalid_token(sim, bot):
+    await sim.wait_ready(t(5))
+    sim.reject_tokens = True
+    await sim.close(4004)
+    await bot.ended()
+    error = bot.record.fatal_error
+    assert error is not None
+    assert (error.code, error.retryable) == ("qq_invalid_token", False)
+    assert len(sim.token_requests) >= 3  # every retry had a freshly fetched token
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (4001, "qq_invalid_opcode"),
+        (4013, "qq_invalid_intent"),
+        (4014, "qq_intent_not_permitted"),
+        (4914, "qq_offline_sandbox_only"),
+        (4915, "qq_banned"),
+    ],
+)
+async def test_final_close_codes_end_the_platform_without_retrying(sim, bot, code, reason):
+    await sim.wait_ready(t(5))
+    await sim.close(code)
+    await bot.ended()
+    error = bot.record.fatal_error
+    assert error is not None
+    assert (error.code, error.retryable) == (reason, False)
+    assert len(sim.connections) == 1
+
+
+async def test_intents_the_bot_may_not_use_are_refused_with_4014(sim):
+    sim.allowed_intents = 1 << 30
+    bot = Bot(sim, intents=["GROUP_AND_C2C_EVENT"]).start()
+    try:
+        await bot.ended()
+        assert bot.record.fatal_error is not None
+        assert bot.record.fatal_error.code == "qq_intent_not_permitted"
+    finally:
+        await bot.stop()
+
+
+@pytest.mark.parametrize("code", [None, 1000, 4999])
+async def test_unknown_endings_resume_with_backoff(sim, bot, code):
+    await sim.wait_ready(t(5))
+    if code is None:
+        sim.drop()
+    else:
+        await sim.close(code)
+    conn = await sim.wait_ready(t(5), count=2)
+    assert conn.frames[0].op == 6
+
+
+# -- the platform's endpoints failing
+
+
+async def test_failing_and_slow_token_and_gateway_endpoints_are_retried(sim):
+    sim.fail_next("token", 2, status=502)
+    sim.fail_next("gateway", 1, status=503)
+    sim.delays["token"] = 0.2
+    bot = Bot(sim).start()
+    try:
+        await sim.wait_ready(t(10))
+        assert len(sim.token_requests) == 1  # failures were answered before the body was recorded
+        assert bot.declared()[-1] == "connected"
+    finally:
+        await bot.stop()
+
+
+async def test_wrong_credentials_are_a_final_qq_invalid_credentials(sim):
+    bot = Bot(sim, secret="the-old-secret").start()
+    try:
+        await bot.ended()
+        error = bot.record.fatal_error
+        assert error is not None
+        assert (error.code, error.retryable) == ("qq_invalid_credentials", False)
+        assert "code 100016" in error.message
+        assert not sim.connections
+    finally:
+        await bot.stop()
+
+
+async def test_a_gateway_that_never_says_hello_is_left_after_the_time_limit(sim):
+    sim.silent_new_connections = True
+    bot = Bot(sim, hello_timeout=0.3, ready_timeout=0.3).start()
+    try:
+        await sim.wait_until(lambda: len(sim.connections) >= 2, t(5), "a second attempt")
+        assert sim.connections[0].close_code == 4000
+    finally:
+        await bot.stop()
+
+
+# -- giving up, and shutting down
+
+
+async def test_the_incident_refused_connections_end_in_an_explicit_reconnect_exhausted(sim):
+    bot = Bot(sim).start()
+    await sim.wait_ready(t(5))
+    await sim.refuse_connections()  # closes the open connection too (1001 going away)
+    await bot.ended(t(15))
+    error = bot.record.fatal_error
+    assert error is not None
+    assert (error.code, error.retryable) == ("qq_reconnect_exhausted", True)
+    assert "5 connections in a row" in error.message
+    assert bot.record.declared is DeclaredState.FATAL
+    await bot.stop()
+
+
+async def test_shutdown_closes_with_1000_and_leaves_no_task_behind(tmp_path):
+    async with QQSimulator(heartbeat_interval=0.2) as sim:
+        bot = Bot(sim, handler="echo").start()
+        await sim.wait_ready(t(5))
+        mid = await sim.send_message("c2c", "bye")
+        await sim.wait_until(lambda: sim.replies_to(mid), t(5), "echo")
+        await bot.stop()
+        assert sim.connections[-1].close_code == 1000
+        assert bot.record.declared is DeclaredState.STOPPED
+        assert bot.adapter.tasks.pending() == []
+    me = asyncio.current_task()
+    assert [task.get_name() for task in asyncio.all_tasks() if task is not me] == []
+
+
+async def test_simulator_validates_what_the_platform_validates(sim, bot):
+    await sim.wait_ready(t(5))
+    token = next(iter(sim.tokens))
+    import httpx
+
+    async with httpx.AsyncClient(base_url=sim.api_base) as http:
+        no_auth = await http.post("/v2/groups/G/messages", json={"content": "x", "msg_type": 0})
+        assert (no_auth.status_code, no_auth.json()["code"]) == (401, 11243)
+        headers = {"Authorization": f"QQBot {token}"}
+        unknown = await http.post(
+            "/v2/groups/G/messages",
+            json={"content": "x", "msg_type": 0, "msg_id": "nope"},
+            headers=headers,
+        )
+        assert unknown.json()["message"] == "msg_id is invalid"
+        no_type = await http.post("/v2/users/U/messages", json={"content": "x"}, headers=headers)
+        assert no_type.json()["message"] == "msg_type is required"
+        bad_token = await http.post("/app/getAppAccessToken", content=json.dumps({"appId": "1"}))
+        assert bad_token.json() == {"code": 100007, "message": "appid invalid"}

@@ -1,0 +1,192 @@
+"""The watchdog catches a dead QQ platform even where the adapter itself gets it wrong."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hermes.adapters.qqbot.auth import TokenManager
+from hermes.adapters.qqbot.simulator import QQSimulator
+from hermes.config import load_config
+from hermes.errors import QQTokenUnavailable
+from hermes.runner import Gateway
+from tests.qq_variants import RETURNED_AT
+from tests.support.configs import write_config
+from tests.support.timing import t
+from watchdog.clock import FakeClock
+from watchdog.notify import Notifier
+from watchdog.secrets import Secret
+from watchdog.store import StateStore
+
+TICK = 0.1
+QQ_FAST = {
+    "client_secret": "env:QQ_SECRET",
+    "reconnect_backoff": 0.05,
+    "reconnect_backoff_max": 0.1,
+    "reconnect_max_failures": 3,
+    "hello_timeout": 1.0,
+    "ready_timeout": 1.0,
+    "stable_after": 5.0,
+}
+
+
+@pytest.fixture
+async def sim(monkeypatch) -> AsyncIterator[QQSimulator]:
+    async with QQSimulator(heartbeat_interval=0.2) as s:
+        monkeypatch.setenv("QQ_SECRET", s.client_secret)
+        yield s
+
+
+async def run_gateway(config: Path) -> tuple[Gateway, asyncio.Task[int]]:
+    gw = Gateway(load_config(config), notifier=Notifier(None))
+    task = asyncio.get_running_loop().create_task(gw.run(), name="test:gateway")
+    await asyncio.wait(
+        {task, asyncio.ensure_future(gw.ready.wait())},
+        timeout=t(20),
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    return gw, task
+
+
+def qq(sim: QQSimulator, adapter: str = "qqbot", **extra: Any) -> dict[str, Any]:
+    return {"adapter": adapter, **sim.adapter_settings(**QQ_FAST), **extra}
+
+
+def stored(config: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    store = StateStore(load_config(config).database_url, read_only=True)
+    try:
+        instance = store.latest_instance()
+        assert instance is not None
+        return instance, store.platforms(), store.transitions(limit=None)
+    finally:
+        store.close()
+
+
+async def test_the_incident_refused_connections_end_fatal_and_escalate_instead_of_connected(
+    tmp_path, sim
+):
+    config = write_config(tmp_path, {"qq": qq(sim, restart_max=1, restart_backoff=0.1)}, tick=TICK)
+    _gw, task = await run_gateway(config)
+    await sim.wait_ready(t(5))
+    await sim.refuse_connections()  # closes the open connection too (1001 going away)
+    assert await asyncio.wait_for(task, t(30)) == 75
+    instance, (row,), history = stored(config)
+    assert (row["health"], row["reason_code"], row["restarts"]) == (
+        "fatal",
+        "qq_reconnect_exhausted",
+        1,
+    )
+    assert row["declared_state"] != "connected"
+    assert "restart budget spent" in row["reason_message"]
+    assert instance["exit_code"] == 75
+    failing = [
+        h["reason_code"]
+        for h in history
+        if h["to_health"] in ("failing", "fatal") and h["from_health"] != h["to_health"]
+    ]
+    assert failing == ["qq_reconnect_exhausted", "qq_reconnect_exhausted"]
+
+
+async def test_a_loop_that_just_returns_is_caught_within_one_tick(tmp_path, sim):
+    config = write_config(
+        tmp_path, {"qq": qq(sim, "tests.qq_variants:SilentGiveUpQQ", restart_max=0)}, tick=TICK
+    )
+    gw, task = await run_gateway(config)
+    await sim.wait_ready(t(5))
+    await sim.refuse_connections()
+    assert await asyncio.wait_for(task, t(30)) == 75
+    record = gw.board["qq"]
+    assert record.reason is not None
+    assert record.reason.code == "adapter_exited"
+    assert "while declared reconnecting" in record.reason.message
+    assert 0 <= record.health_since - RETURNED_AT["qq"] <= TICK + 0.05
+
+
+async def test_a_half_open_socket_is_caught_by_the_ttl_when_the_adapter_cannot_see_it(
+    tmp_path, sim
+):
+    config = write_config(
+        tmp_path, {"qq": qq(sim, "tests.qq_variants:NoZombieDetectionQQ", restart_max=0)}, tick=TICK
+    )
+    gw, task = await run_gateway(config)
+    await sim.wait_ready(t(5))
+    sim.go_silent()
+    assert await asyncio.wait_for(task, t(30)) == 75
+    record = gw.board["qq"]
+    assert record.reason is not None
+    assert record.reason.code == "heartbeat_timeout"
+    assert record.last_beat is not None
+    ttl = 0.2 * 2.5
+    assert ttl < record.health_since - record.last_beat <= ttl + TICK + 0.05
+    _, (row,), _ = stored(config)
+    assert (row["declared_state"], row["health"], row["reason_code"]) == (
+        "connected",
+        "fatal",
+        "heartbeat_timeout",
+    )
+
+
+async def test_messages_flow_through_the_gateway_and_are_echoed(tmp_path, sim):
+    config = write_config(tmp_path, {"qq": qq(sim, handler="echo")}, tick=TICK)
+    gw, task = await run_gateway(config)
+    try:
+        await sim.wait_ready(t(5))
+        ids = [
+            await sim.send_message(kind, f"hi {kind}") for kind in ("c2c", "group", "channel", "dm")
+        ]
+        await sim.wait_until(lambda: all(sim.replies_to(i) for i in ids), t(5), "four echoes")
+    finally:
+        gw.request_stop(0, "test")
+        assert await asyncio.wait_for(task, t(10)) == 0
+    assert sim.connections[-1].close_code == 1000
+    _, (row,), history = stored(config)
+    assert row["declared_state"] == "stopped"
+    assert [h["to_state"] for h in history if h["from_state"] != h["to_state"]] == [
+        "connected",
+        "stopped",
+    ]
+
+
+# -- tokens, with one fake clock for the simulator and the adapter
+
+
+async def test_tokens_are_refreshed_in_their_last_minute_and_never_used_expired():
+    clock = FakeClock()
+    async with (
+        QQSimulator(token_ttl=7200, clock=clock.monotonic) as sim,
+        httpx.AsyncClient() as http,
+    ):
+        tokens = TokenManager(
+            http,
+            token_url=sim.token_url,
+            app_id=sim.app_id,
+            secret=Secret("env:X", sim.client_secret),
+            monotonic=clock.monotonic,
+        )
+        first = await tokens.get()
+        clock.advance(7200 - 100)
+        assert await tokens.get() == first  # 100 s left: still fresh, no request
+        assert tokens.fetches == 1
+        clock.advance(60)  # 40 s left: inside the platform's last minute, a new token exists
+        second = await tokens.get()
+        assert second != first
+        assert tokens.fetches == 2
+        assert set(sim.tokens) == {first, second}  # the old one stays valid until it expires
+        # Concurrent callers share one refresh.
+        tokens.invalidate()
+        results = await asyncio.gather(*(tokens.get() for _ in range(10)))
+        assert len(set(results)) == 1
+        assert tokens.fetches == 3
+        # Near expiry with the endpoint failing: the still-valid token is used ...
+        clock.advance(7200 - 45)
+        sim.fail_next("token", 5, status=503)
+        assert await tokens.get() == second
+        # ... but never once it has expired.
+        clock.advance(60)
+        with pytest.raises(QQTokenUnavailable, match="HTTP 503"):
+            await tokens.get()
