@@ -8,6 +8,7 @@ will not help (``RestartPreventExitStatus=78``); 1 anything unexpected.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import faulthandler
 import os
 import signal
@@ -37,6 +38,63 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
     )
+    simulate = sub.add_parser(
+        "simulate", help="run a local simulator of a platform (no real credentials)"
+    )
+    platforms = simulate.add_subparsers(dest="platform", required=True)
+    qq = platforms.add_parser(
+        "qqbot", help="the QQ open platform: token endpoint, REST API, WebSocket gateway"
+    )
+    qq.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    qq.add_argument(
+        "--http-port", type=int, default=0, help="token and REST API port (default: any free)"
+    )
+    qq.add_argument("--ws-port", type=int, default=0, help="gateway port (default: any free)")
+    qq.add_argument("--app-id", default="102000001")
+    qq.add_argument(
+        "--client-secret", default="simulator-secret", help="the credential the simulator accepts"
+    )
+    qq.add_argument(
+        "--heartbeat-interval",
+        type=_duration_arg,
+        default=45.0,
+        metavar="DURATION",
+        help="sent in Hello (default 45s)",
+    )
+    qq.add_argument(
+        "--message-every",
+        type=_duration_arg,
+        default=0.0,
+        metavar="DURATION",
+        help="send the bot a message this often",
+    )
+    qq.add_argument("--message-kind", choices=["c2c", "group", "channel", "dm"], default="c2c")
+    qq.add_argument(
+        "--messages",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop sending after N messages (default: no limit)",
+    )
+    qq.add_argument(
+        "--silent-after",
+        type=_duration_arg,
+        default=0.0,
+        metavar="DURATION",
+        help="then go half-open: nothing flows",
+    )
+    qq.add_argument(
+        "--refuse-after",
+        type=_duration_arg,
+        default=0.0,
+        metavar="DURATION",
+        help="then refuse connections",
+    )
+    qq.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="write the URLs and credentials as JSON here once listening",
+    )
     check = sub.add_parser("check", help="validate a configuration file; exit 0 or 78")
     check.add_argument(
         "--config",
@@ -44,6 +102,76 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
     )
     return parser
+
+
+def _duration_arg(text: str) -> float:
+    from watchdog.settings import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
+    import json
+
+    from hermes.adapters.qqbot.simulator import QQSimulator, Script, config_snippet, run_script
+
+    def say(line: str) -> None:
+        print(f"qq-simulator: {line}", flush=True)
+
+    async def main() -> None:
+        sim = QQSimulator(
+            app_id=args.app_id,
+            client_secret=args.client_secret,
+            heartbeat_interval=args.heartbeat_interval,
+            host=args.host,
+            http_port=args.http_port,
+            ws_port=args.ws_port,
+        )
+        sim.observer = say
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with sim:
+            if args.ready_file:  # first, so that whoever reads the banner finds the file
+                info = {
+                    "api_base": sim.api_base,
+                    "token_url": sim.token_url,
+                    "gateway_url": sim.gateway_url,
+                    "app_id": sim.app_id,
+                    "client_secret": sim.client_secret,
+                }
+                await asyncio.to_thread(_write_atomically, args.ready_file, json.dumps(info))
+            say(f"listening: API {sim.api_base}, gateway {sim.gateway_url}")
+            print(
+                "\n# a platform for your gateway configuration:\n" + config_snippet(sim), flush=True
+            )
+            script = Script(
+                args.message_every,
+                args.message_kind,
+                args.messages,
+                args.silent_after,
+                args.refuse_after,
+            )
+            driver = loop.create_task(run_script(sim, script, say), name="qq-simulator:script")
+            await stop.wait()
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+            say("stopping")
+
+    asyncio.run(main())
+    return 0
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write via a temporary file and a rename, so a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _config_path(value: str | None) -> str:
@@ -114,5 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(_config_path(args.config))
     if args.command == "check":
         return cmd_check(_config_path(args.config))
+    if args.command == "simulate":
+        return cmd_simulate_qqbot(args)
     parser.print_help(sys.stderr)
     return 2

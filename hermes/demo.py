@@ -1,19 +1,24 @@
-"""``make demo``: watch the watchdog catch an adapter that dies silently.
+"""``make demo``: a gateway on the QQ simulator; messages flow, then the platform goes silent.
 
-Runs ``hermes run`` on an embedded SQLite store with two demonstration platforms:
-``demo-bot`` (required) receives events for a few seconds, then its receive loop
-just returns, still ``connected``: the incident this project exists for. A
-datagram socket stands in for systemd's NOTIFY_SOCKET and shows what systemd
-would receive. Afterwards the demo shows what an operator sees: the status CLI,
-the history, and the rows in SQL.
+Two processes, as an operator would run them: ``hermes simulate qqbot`` (the local
+stand-in for the QQ open platform) and ``hermes run`` with a ``qqbot`` platform pointed
+at it, on an embedded SQLite store. The simulator sends a group message every second
+and the gateway echoes it. Then the simulator goes silent: the connection stays open
+but nothing flows, and new connections never get a Hello. The adapter notices the
+missing heartbeat ACKs, reconnects into silence until its reconnect budget is spent,
+the watchdog restarts it once, then marks it fatal in SQL, stops the systemd pings
+and exits 75. A datagram socket stands in for systemd's NOTIFY_SOCKET.
 
-Everything stays on this machine: no network, files under ``.demo/``.
+Afterwards: what an operator sees (status CLI, history, the SQL rows).
+Everything stays on 127.0.0.1; files under ``.demo/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -21,10 +26,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 SPEED = float(os.environ.get("HERMES_DEMO_SPEED", "1"))
-"""Time scale: 0.2 runs the same story five times faster (used by the test suite)."""
+"""Time scale: 0.25 tells the same story four times faster (the test suite uses it)."""
 BIN = Path(sys.executable).parent
+
+
+def s(seconds: float) -> str:
+    return f"{seconds * SPEED:.3f}"
+
 
 CONFIG = """\
 # Written by `make demo`.
@@ -33,20 +44,26 @@ log_level = "INFO"
 shutdown_timeout = "5s"
 
 [store]
-directory = "state"          # .demo/state/hermes.db
+directory = "state"                    # .demo/state/hermes.db
 
 [watchdog]
 tick_interval = {tick}
 
-[platforms.demo-bot]
-adapter = "demo"
-die_after = {die}             # then its receive loop returns silently
-restart_max = 2              # two in-process restarts, then fatal
+[platforms.qq-demo]
+adapter = "qqbot"
+app_id = "{app_id}"
+client_secret = "env:QQ_SIM_SECRET"    # secrets are references, never inline
+api_base = "{api_base}"
+token_url = "{token_url}"
+intents = ["GROUP_AND_C2C_EVENT"]
+handler = "echo"
+hello_timeout = {hello}
+reconnect_backoff = {backoff}
+reconnect_backoff_max = {backoff_max}
+reconnect_max_failures = 3             # then the adapter reports qq_reconnect_exhausted
+stable_after = "30s"
+restart_max = 1                        # the watchdog restarts it once, then: fatal
 restart_backoff = {backoff}
-
-[platforms.demo-extra]
-adapter = "demo"
-required = false             # optional: would not escalate even if it died
 """
 
 _print_lock = threading.Lock()
@@ -59,7 +76,7 @@ def say(text: str = "") -> None:
 
 def banner(text: str) -> None:
     say()
-    say(f"== {text} " + "=" * max(0, 70 - len(text)))
+    say(f"== {text} " + "=" * max(0, 74 - len(text)))
 
 
 def listen(sock: socket.socket, stop: threading.Event) -> None:
@@ -75,14 +92,14 @@ def listen(sock: socket.socket, stop: threading.Event) -> None:
             return
         if data == "WATCHDOG=1":
             pings += 1
-            if pings in (1, 2) or pings % 5 == 0:
-                say(f"   systemd <- WATCHDOG=1   (ping #{pings})")
+            if pings in (1, 2) or pings % 10 == 0:
+                say(f"   systemd  <- WATCHDOG=1   (ping #{pings})")
             continue
-        say(f"   systemd <- {data.replace(chr(10), ' ')}")
+        say(f"   systemd  <- {data.replace(chr(10), ' ')}")
 
 
-def pump(stream: object, prefix: str) -> None:
-    for line in stream:  # type: ignore[attr-defined]
+def pump(stream: IO[str], prefix: str) -> None:
+    for line in stream:
         say(f"{prefix}{line.rstrip()}")
 
 
@@ -97,86 +114,132 @@ def cli(*args: str, cwd: Path) -> int:
     return result.returncode
 
 
-def main() -> int:
-    root = Path.cwd() / ".demo"
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir()
-    config = root / "gateway.toml"
-    config.write_text(
-        CONFIG.format(
-            tick=round(1.0 * SPEED, 3), die=round(4.0 * SPEED, 3), backoff=round(1.0 * SPEED, 3)
-        )
-    )
-    notify_path = root / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(notify_path))
-
-    banner("hermes-gateway demo")
-    say("demo-bot: receives events, then after a few seconds its receive loop returns")
-    say("silently while still 'connected'. The watchdog restarts it twice in-process;")
-    say("the third death spends the restart budget: the platform is marked fatal in SQL,")
-    say("pings stop and the gateway exits 75 so that systemd would restart the unit.")
-    say(f"config: {config}")
-
-    env = dict(
-        os.environ,
-        NOTIFY_SOCKET=str(notify_path),
-        WATCHDOG_USEC=str(int(10_000_000 * max(SPEED, 0.5))),
-    )
-    stop = threading.Event()
-    listener = threading.Thread(target=listen, args=(sock, stop), name="demo-notify", daemon=True)
-    listener.start()
-    banner("$ hermes run --config .demo/gateway.toml")
+def start(
+    argv: list[str], cwd: Path, env: dict[str, str], prefix: str
+) -> tuple[subprocess.Popen[str], threading.Thread]:
     proc = subprocess.Popen(
-        [str(BIN / "hermes"), "run", "--config", str(config)],
-        cwd=root,
+        argv,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert proc.stdout is not None
     reader = threading.Thread(
-        target=pump, args=(proc.stdout, "   gateway | "), name="demo-output", daemon=True
+        target=pump, args=(proc.stdout, prefix), name=f"demo-output-{prefix.strip()}", daemon=True
     )
     reader.start()
+    return proc, reader
+
+
+def wait_file(path: Path, timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: the simulator did not start within {timeout:g} s")
+        time.sleep(0.05)
+    data: dict[str, str] = json.loads(path.read_text())
+    return data
+
+
+def main() -> int:
+    root = Path.cwd() / ".demo"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir()
+    banner("hermes-gateway demo: a QQ bot, then a platform that goes silent")
+    say("1. the simulator sends a group message every second; the gateway echoes it;")
+    say("2. then the simulator goes silent: the socket stays open, nothing flows;")
+    say("3. the adapter sees heartbeat ACKs missing, reconnects into silence, gives up")
+    say("   (qq_reconnect_exhausted); the watchdog restarts it once, then marks it fatal,")
+    say("   stops the systemd pings and exits 75 so that systemd restarts the unit.")
+
+    ready_file = root / "simulator.json"
+    env = dict(os.environ)
+    sim_argv = [
+        str(BIN / "hermes"), "simulate", "qqbot",
+        "--heartbeat-interval", s(1.0),
+        "--message-every", s(1.0),
+        "--message-kind", "group",
+        "--silent-after", s(6.0),
+        "--ready-file", str(ready_file),
+    ]  # fmt: skip
+    banner("$ hermes simulate qqbot --message-every 1s --silent-after 6s ...")
+    sim, sim_reader = start(sim_argv, root, env, "   simulator | ")
+    gateway: subprocess.Popen[str] | None = None
+    notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stop = threading.Event()
     try:
-        time.sleep(2.5 * SPEED)  # let both platforms connect, then look from outside
+        info = wait_file(ready_file, 30)
+        config = root / "gateway.toml"
+        config.write_text(
+            CONFIG.format(
+                tick=s(1.0),
+                app_id=info["app_id"],
+                api_base=info["api_base"],
+                token_url=info["token_url"],
+                hello=s(2.0),
+                backoff=s(0.5),
+                backoff_max=s(2.0),
+            )
+        )
+        notify_path = root / "notify.sock"
+        notify_sock.bind(str(notify_path))
+        listener = threading.Thread(
+            target=listen, args=(notify_sock, stop), name="demo-notify", daemon=True
+        )
+        listener.start()
+        gw_env = dict(
+            env,
+            QQ_SIM_SECRET=info["client_secret"],
+            NOTIFY_SOCKET=str(notify_path),
+            WATCHDOG_USEC=str(int(10_000_000 * max(SPEED, 0.5))),
+        )
+        banner("$ hermes run --config .demo/gateway.toml")
+        gateway, gw_reader = start(
+            [str(BIN / "hermes"), "run", "--config", str(config)], root, gw_env, "   gateway   | "
+        )
+        time.sleep(4.5 * SPEED)  # messages are flowing now: look from outside
         cli("status", "--config", str(config), cwd=root)
-        code = proc.wait(timeout=120 * max(SPEED, 0.25))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        say("demo: the gateway did not exit in time; killed")
-        return 1
+        try:
+            code = gateway.wait(timeout=180 * max(SPEED, 0.25))
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            say("demo: the gateway did not exit in time; killed")
+            return 1
+        gw_reader.join(timeout=5)
     finally:
-        reader.join(timeout=5)
+        if gateway is not None and gateway.poll() is None:
+            gateway.kill()
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+        sim_reader.join(timeout=5)
         stop.set()
-        listener.join(timeout=2)
-        sock.close()
+        notify_sock.close()
+
     meaning = {
         0: "clean stop",
         75: "escalation: systemd restarts the unit",
         78: "do not restart",
     }.get(code, "?")
     banner(f"gateway exited with {code} ({meaning})")
-
     cli("status", "--config", str(config), cwd=root)
     cli("history", "--config", str(config), cwd=root)
-    banner(
-        "$ sqlite3 .demo/state/hermes.db 'SELECT platform, declared_state, health, restarts, reason_code FROM platform_state'"
-    )
+    query = "SELECT platform, declared_state, health, restarts, reason_code FROM platform_state"
+    banner(f"$ sqlite3 .demo/state/hermes.db '{query}'")
     db = sqlite3.connect(f"file:{root / 'state' / 'hermes.db'}?mode=ro", uri=True)
     try:
-        for row in db.execute(
-            "SELECT platform, declared_state, health, restarts, reason_code FROM platform_state ORDER BY platform"
-        ):
+        for row in db.execute(query):
             say("   " + " | ".join("" if v is None else str(v) for v in row))
     finally:
         db.close()
     say()
-    say("The watchdog caught the silent return within one tick each time, restarted it")
-    say("within budget, then escalated. Try: hermes-watchdog status --config .demo/gateway.toml")
+    say("Try it yourself: hermes-watchdog status --config .demo/gateway.toml")
     return 0 if code == 75 else 1
 
 

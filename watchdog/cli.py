@@ -228,12 +228,6 @@ def report_text(report: StatusReport) -> str:
         for p in report.platforms:
             hb_age = p["heartbeat_age_seconds"]
             hb = f"{age(hb_age)}/{float(p['heartbeat_ttl']):g}s"
-            if (
-                hb_age is not None
-                and p["declared_state"] == "connected"
-                and hb_age > p["heartbeat_ttl"]
-            ):
-                hb += " !"
             reason = ""
             if p.get("reason_code"):
                 reason = f"{p['reason_code']}: {p.get('reason_message') or ''}".rstrip(": ")

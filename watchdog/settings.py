@@ -52,6 +52,14 @@ def _duration(value: Any) -> Any:
     return value
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from ``"500ms"``, ``"30s"``, ``"5min"``, ``"1h"`` or a plain number (for CLIs)."""
+    value = float(_duration(text))
+    if value < 0:
+        raise ValueError(f"a duration cannot be negative: {text!r}")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 """Seconds, > 0."""
 NonNegativeDuration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]

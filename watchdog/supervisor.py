@@ -125,8 +125,13 @@ class Supervisor:
             exit = TaskExit(True, describe_exception(exc))
         else:
             exit = TaskExit(False, "returned")
-        if self.board.note_exit(record, generation, exit) and not record.stop_requested:
-            logger.bind(platform=record.name).warning(
+        if not self.board.note_exit(record, generation, exit) or record.stop_requested:
+            return
+        log = logger.bind(platform=record.name)
+        if record.fatal_error is not None and not exit.crashed:
+            log.info("adapter returned after reporting {}", record.fatal_error.code)
+        else:
+            log.warning(
                 "adapter task ended while declared {}: {}", record.declared.value, exit.summary
             )
 

@@ -1,4 +1,4 @@
-"""``make demo`` keeps telling its story: caught, restarted, fatal, escalated, visible in SQL."""
+"""``make demo`` keeps telling its story: echoes, silence, reconnects, restart, fatal, escalation."""
 
 from __future__ import annotations
 
@@ -9,23 +9,24 @@ from tests.support.proc import child_env
 from tests.support.timing import t
 
 
-def test_the_demo_shows_the_watchdog_catching_a_silent_death(tmp_path):
+def test_the_demo_shows_the_watchdog_catching_a_silent_platform(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "hermes.demo"],
         cwd=tmp_path,
-        env=child_env({"HERMES_DEMO_SPEED": "0.2"}),
+        env=child_env({"HERMES_DEMO_SPEED": "0.25"}),
         capture_output=True,
         text=True,
-        timeout=t(90),
+        timeout=t(120),
         check=False,
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "systemd <- READY=1" in out
-    assert out.count("health ok -> failing: adapter_exited") == 2
-    assert "health ok -> fatal: adapter_exited" in out
-    assert "systemd <- WATCHDOG=trigger" in out
+    assert "systemd  <- READY=1" in out
+    assert "message to group chat-1: 'hello #1 from the simulator' -> HTTP 200" in out
+    assert "zombie connection" in out
+    assert out.count("giving up: qq_reconnect_exhausted") == 2
+    assert "health degraded -> fatal: qq_reconnect_exhausted" in out
+    assert "systemd  <- WATCHDOG=trigger" in out
     assert "== gateway exited with 75 (escalation: systemd restarts the unit)" in out
-    assert "   demo-bot | connected | fatal | 2 | adapter_exited" in out
-    assert "(exit code 2)" in out
-    assert (tmp_path / ".demo" / "state" / "hermes.db").exists()
+    assert "   qq-demo | fatal | fatal | 1 | qq_reconnect_exhausted" in out
+    assert "OK: 1 of 1 platforms ok" in out  # the status taken while messages flowed

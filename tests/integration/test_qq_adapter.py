@@ -17,7 +17,7 @@ import pytest
 
 from hermes.adapters.qqbot import QQBotAdapter, QQBotSettings
 from hermes.adapters.qqbot.simulator import QQSimulator
-from hermes.errors import QQRateLimited
+from hermes.errors import QQRateLimited, SendError
 from hermes.messages import InboundMessage, OutboundMessage
 from tests.support.timing import t
 from watchdog.heartbeat import HeartbeatBoard, PlatformPolicy, PlatformRecord
@@ -468,3 +468,22 @@ async def test_simulator_validates_what_the_platform_validates(sim, bot):
         assert no_type.json()["message"] == "msg_type is required"
         bad_token = await http.post("/app/getAppAccessToken", content=json.dumps({"appId": "1"}))
         assert bad_token.json() == {"code": 100007, "message": "appid invalid"}
+
+
+async def test_no_request_is_ever_sent_without_a_valid_token(sim, bot):
+    await sim.wait_ready(t(5))
+    bot.adapter.tokens.invalidate()
+    sim.fail_next("token", 20, status=503)
+    with pytest.raises(SendError, match="no access token"):
+        await bot.adapter.send(OutboundMessage("c2c", "U", "x"))
+    assert sim.sent == []
+
+
+async def test_rest_refusing_fresh_tokens_is_a_final_qq_invalid_token(sim, bot):
+    await sim.wait_ready(t(5))
+    sim.reject_rest_tokens = True
+    sim.drop()
+    await bot.ended()
+    error = bot.record.fatal_error
+    assert error is not None
+    assert (error.code, error.retryable) == ("qq_invalid_token", False)

@@ -254,3 +254,40 @@ def test_secret_fields_in_adapter_settings_resolve_with_the_config_context(tmp_p
         WithToken.model_validate(
             {"token": "plaintext"}, context={"base_dir": tmp_path, "environ": {}}
         )
+
+
+def test_qqbot_settings_are_validated_under_the_platform(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [platforms.qq]
+        adapter = "qqbot"
+        client_secret = "hunter2"
+        api_base = "ftp://example"
+        intents = ["GROUP_AND_C2C_EVENT", "EVERYTHING"]
+        """,
+    )
+    text = "\n".join(problems_of(path, {}))
+    assert "platforms.qq.app_id: required key is missing" in text
+    assert "platforms.qq.client_secret: must be a secret reference" in text
+    assert "hunter2" not in text
+    assert "platforms.qq.api_base: expected an http:// or https:// URL" in text
+    assert "platforms.qq.intents: unknown intent 'EVERYTHING'" in text
+
+
+def test_a_qqbot_platform_pointed_at_a_simulator_loads(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        [platforms.qq]
+        adapter = "qqbot"
+        app_id = "102000001"
+        client_secret = "env:QQ_SECRET"
+        api_base = "http://127.0.0.1:8081"
+        token_url = "http://127.0.0.1:8081/app/getAppAccessToken"
+        """,
+    )
+    cfg = load_config(path, {"QQ_SECRET": "s3cret"})
+    settings = cfg.platforms["qq"].settings
+    assert settings.client_secret.reveal() == "s3cret"  # type: ignore[attr-defined]
+    assert "s3cret" not in repr(settings)

@@ -295,13 +295,15 @@ class QQBotAdapter(Adapter):
         ready_at: float | None = None
         end: tuple[Plan, str] | None = None
         try:
-            async with asyncio.timeout(self.s.hello_timeout + self.s.ready_timeout) as handshake:
+            # Hello within hello_timeout, then READY/RESUMED within ready_timeout; then no limit.
+            async with asyncio.timeout(self.s.hello_timeout) as handshake:
                 async for raw in ws:
                     end, became_ready = await self._frame(ws, conn, raw)
                     if beats is None and conn.heartbeat_interval is not None:
                         beats = self.tasks.spawn(
                             self._heartbeats(ws, conn), name=f"qq:{self.name}:heartbeat"
                         )
+                        handshake.reschedule(loop.time() + self.s.ready_timeout)
                     if became_ready:
                         ready_at = loop.time()
                         handshake.reschedule(None)

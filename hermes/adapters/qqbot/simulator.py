@@ -144,9 +144,13 @@ class QQSimulator:
         self.delays: dict[str, float] = {"token": 0.0, "gateway": 0.0, "message": 0.0}
         self.reject_tokens = False
         """Close every Identify/Resume with 4004, as for a revoked token."""
+        self.reject_rest_tokens = False
+        """Answer every REST call with 401, whatever the token."""
         self.silent_new_connections = False
         """Accept connections but never send Hello: a gateway that hangs."""
         self.withhold_acks = False
+        self.observer: Callable[[str], None] | None = None
+        """Called with a one-line description of everything the bot does (for the CLI and demo)."""
         self._changed = asyncio.Condition()
         self._http: asyncio.Server | None = None
         self._ws_server: Server | None = None
@@ -219,7 +223,9 @@ class QQSimulator:
 
     # -- waiting for the bot
 
-    async def _notify(self) -> None:
+    async def _notify(self, event: str | None = None) -> None:
+        if event is not None and self.observer is not None:
+            self.observer(event)
         async with self._changed:
             self._changed.notify_all()
 
@@ -257,7 +263,10 @@ class QQSimulator:
     async def _gateway_client(self, ws: ServerConnection) -> None:
         conn = SimConnection(len(self.connections) + 1, ws, withhold_acks=self.withhold_acks)
         self.connections.append(conn)
-        await self._notify()
+        await self._notify(
+            f"connection #{conn.number} opened"
+            + (" (silent: no Hello)" if self.silent_new_connections else "")
+        )
         try:
             if self.silent_new_connections:
                 conn.silent = True
@@ -278,7 +287,12 @@ class QQSimulator:
             conn.closed = True
             rcvd = ws.protocol.close_rcvd
             conn.close_code = rcvd.code if rcvd is not None else None
-            await self._notify()
+            how = (
+                f"the bot closed it with {conn.close_code}"
+                if rcvd is not None
+                else "no close frame from the bot"
+            )
+            await self._notify(f"connection #{conn.number} closed ({how})")
 
     async def _client_frame(self, conn: SimConnection, raw: str | bytes) -> None:
         try:
@@ -301,11 +315,8 @@ class QQSimulator:
             await conn.ws.close(4001, "invalid opcode")
 
     def _token_ok(self, auth: Any, *, gateway: bool = False) -> bool:
-        if (
-            (gateway and self.reject_tokens)
-            or not isinstance(auth, str)
-            or not auth.startswith("QQBot ")
-        ):
+        rejected = self.reject_tokens if gateway else self.reject_rest_tokens
+        if rejected or not isinstance(auth, str) or not auth.startswith("QQBot "):
             return False
         expires = self.tokens.get(auth[6:])
         return expires is not None and expires > self.clock()
@@ -340,7 +351,9 @@ class QQSimulator:
         }
         await conn.ws.send(json.dumps(ready))
         conn.ready = True
-        await self._notify()
+        await self._notify(
+            f"connection #{conn.number}: Identify -> READY (session {self.session.session_id[:8]})"
+        )
 
     async def _resume(self, conn: SimConnection, d: Any) -> None:
         if not isinstance(d, dict) or not self._token_ok(d.get("token"), gateway=True):
@@ -360,7 +373,7 @@ class QQSimulator:
         session.seq += 1
         await conn.ws.send(json.dumps({"op": 0, "s": session.seq, "t": "RESUMED", "d": ""}))
         conn.ready = True
-        await self._notify()
+        await self._notify(f"connection #{conn.number}: Resume from seq {seq} -> RESUMED")
 
     # -- scripting the gateway
 
@@ -600,8 +613,13 @@ class QQSimulator:
                 "max_concurrency": 1,
             }
             return 200, {"url": self.gateway_url, "shards": 1, "session_start_limit": limit}, True
+        recorded = len(self.sent)
         answer = self._message(path, headers, raw, fault)
-        await self._notify()
+        event = None
+        if len(self.sent) > recorded:
+            sent = self.sent[-1]
+            event = f"message to {sent.kind} {sent.target}: {sent.body.get('content')!r} -> HTTP {sent.status}"
+        await self._notify(event)
         return answer
 
     def _token(self, headers: dict[str, str], raw: bytes) -> tuple[int, Any, bool]:
@@ -696,3 +714,62 @@ class QQSimulator:
 
     def replies_to(self, message_id: str) -> list[SentMessage]:
         return [m for m in self.sent if m.body.get("msg_id") == message_id and m.status == 200]
+
+
+# -- ``hermes simulate qqbot``
+
+
+@dataclass
+class Script:
+    """What ``hermes simulate qqbot`` does on its own, for trying a configuration."""
+
+    message_every: float = 0.0
+    message_kind: str = "c2c"
+    messages: int = 0
+    """Stop after this many messages (0: no limit)."""
+    silent_after: float = 0.0
+    """Go half-open (and keep new connections silent) this long after the first READY."""
+    refuse_after: float = 0.0
+    """Refuse connections this long after the first READY."""
+
+
+async def run_script(sim: QQSimulator, script: Script, say: Callable[[str], None]) -> None:
+    """Drive the simulator per ``script`` until cancelled."""
+    await sim.wait_until(lambda: any(c.ready for c in sim.connections), float("inf"), "a bot")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    sent = 0
+    silent = refused = False
+    while True:
+        now = loop.time() - started
+        if script.silent_after and not silent and now >= script.silent_after:
+            silent = True
+            sim.silent_new_connections = True
+            if sim.current is not None:
+                sim.go_silent()
+            say(
+                "going silent: the connection stays open, nothing flows (new connections get no Hello)"
+            )
+        if script.refuse_after and not refused and now >= script.refuse_after:
+            refused = True
+            say("refusing connections")
+            await sim.refuse_connections()
+        conn = sim.current
+        due = script.message_every and (not script.messages or sent < script.messages)
+        if due and not silent and conn is not None and conn.ready:
+            sent += 1
+            mid = await sim.send_message(script.message_kind, f"hello #{sent} from the simulator")
+            say(f"sent {script.message_kind} message #{sent} ({mid[:24]}...)")
+        await asyncio.sleep(script.message_every or 0.5)
+
+
+def config_snippet(sim: QQSimulator, platform: str = "qq-sim") -> str:
+    return (
+        f"[platforms.{platform}]\n"
+        f'adapter = "qqbot"\n'
+        f'app_id = "{sim.app_id}"\n'
+        f'client_secret = "env:QQ_SIM_SECRET"     # export QQ_SIM_SECRET={sim.client_secret}\n'
+        f'api_base = "{sim.api_base}"\n'
+        f'token_url = "{sim.token_url}"\n'
+        f'handler = "echo"\n'
+    )
