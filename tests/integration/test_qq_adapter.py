@@ -487,3 +487,27 @@ async def test_rest_refusing_fresh_tokens_is_a_final_qq_invalid_token(sim, bot):
     error = bot.record.fatal_error
     assert error is not None
     assert (error.code, error.retryable) == ("qq_invalid_token", False)
+
+
+async def test_a_quick_disconnect_storm_is_throttled_then_exhausted(sim):
+    bot = Bot(
+        sim,
+        reconnect_backoff=0.1,
+        reconnect_backoff_max=1.0,
+        reconnect_max_failures=4,
+        stable_after=5.0,
+    ).start()
+    try:
+        for n in range(1, 6):
+            await sim.wait_ready(t(10), count=n)
+            await sim.close(1000, "bye")  # accepted, READY, then dropped at once
+        await bot.ended(t(10))
+        error = bot.record.fatal_error
+        assert error is not None
+        assert error.code == "qq_reconnect_exhausted"
+        opened = [c.frames[0].at for c in sim.connections]
+        gaps = [b - a for a, b in itertools.pairwise(opened)]
+        assert len(sim.connections) == 5
+        assert gaps[-1] > gaps[0] * 2  # the backoff grew instead of hammering the server
+    finally:
+        await bot.stop()
