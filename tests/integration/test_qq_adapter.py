@@ -511,3 +511,20 @@ async def test_a_quick_disconnect_storm_is_throttled_then_exhausted(sim):
         assert gaps[-1] > gaps[0] * 2  # the backoff grew instead of hammering the server
     finally:
         await bot.stop()
+
+
+async def test_close_during_the_opening_handshake_still_stops_promptly(sim):
+    sim.handshake_delay = 0.5
+    bot = Bot(sim).start()
+    try:
+        await sim.wait_until(lambda: sim.handshakes >= 1, t(5), "a handshake under way")
+        await bot.adapter.close()  # no connection to close yet
+        await bot.ended(t(3))
+        await sim.wait_until(
+            lambda: sim.connections and sim.connections[0].closed, t(3), "the connection closed"
+        )
+        assert sim.connections[0].close_code == 1000
+        assert sim.connections[0].frames == []  # it never identified
+        assert bot.record.declared is DeclaredState.STOPPED
+    finally:
+        await bot.stop()

@@ -217,7 +217,8 @@ class QQBotAdapter(Adapter):
                 if auth_failures >= s.auth_failures_max:
                     self.give_up(
                         "qq_invalid_token",
-                        f"the gateway refused {auth_failures} tokens in a row (4004), each freshly fetched",
+                        f"the platform refused {auth_failures} tokens in a row (4004 or HTTP 401), "
+                        "each freshly fetched",
                         retryable=False,
                     )
                     return
@@ -283,6 +284,9 @@ class QQBotAdapter(Adapter):
             ) as ws:
                 self._ws = ws
                 try:
+                    if self.closing():  # close() came while the handshake was under way
+                        await ws.close(1000, "shutting down")
+                        return Outcome(retry, None, "closing")
                     return await self._run_connection(ws, conn)
                 finally:
                     self._ws = None

@@ -149,6 +149,9 @@ class QQSimulator:
         self.silent_new_connections = False
         """Accept connections but never send Hello: a gateway that hangs."""
         self.withhold_acks = False
+        self.handshake_delay = 0.0
+        """Seconds the WebSocket opening handshake takes (a slow gateway)."""
+        self.handshakes = 0
         self.observer: Callable[[str], None] | None = None
         """Called with a one-line description of everything the bot does (for the CLI and demo)."""
         self._changed = asyncio.Condition()
@@ -194,6 +197,7 @@ class QQSimulator:
                 self._gateway_client,
                 self.host,
                 self.ws_port,
+                process_request=self._handshake,
                 compression=None,
                 max_size=2**22,
                 ping_interval=None,
@@ -259,6 +263,12 @@ class QQSimulator:
         return [c for c in self.connections if c.ready][-1]
 
     # -- the gateway (server side)
+
+    async def _handshake(self, ws: ServerConnection, request: Any) -> None:
+        self.handshakes += 1
+        await self._notify()
+        if self.handshake_delay:
+            await asyncio.sleep(self.handshake_delay)
 
     async def _gateway_client(self, ws: ServerConnection) -> None:
         conn = SimConnection(len(self.connections) + 1, ws, withhold_acks=self.withhold_acks)
