@@ -110,7 +110,7 @@ def _duration_arg(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
 
 
 def cmd_simulate_qqbot(args: argparse.Namespace) -> int:

@@ -17,6 +17,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from hermes.adapters import Adapter, AdapterSettings, resolve_adapter
+from hermes.handlers import RouteSettings, parse_target
+from hermes.jobs import JobSettings
+from hermes.outbox import OutboxSettings
+from hermes.runs import RunnerSettings
 from watchdog.exceptions import ConfigError
 from watchdog.settings import (
     SUPERVISION_KEYS,
@@ -31,7 +35,17 @@ from watchdog.settings import (
     section,
 )
 
-TOP_LEVEL = ("gateway", "store", "watchdog", "platform_defaults", "platforms")
+TOP_LEVEL = (
+    "gateway",
+    "store",
+    "watchdog",
+    "platform_defaults",
+    "platforms",
+    "runner",
+    "outbox",
+    "routes",
+    "jobs",
+)
 PLATFORM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -61,6 +75,10 @@ class GatewayConfig:
     watchdog: WatchdogSettings
     platforms: dict[str, PlatformConfig]
     database_url: str = field(repr=False)
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    routes: list[RouteSettings] = field(default_factory=list)
+    jobs: list[JobSettings] = field(default_factory=list)
 
 
 def load_config(
@@ -140,7 +158,59 @@ def load_config(
             continue
         platforms[name] = PlatformConfig(name, kind, cls, supervision, settings, dict(table))
 
+    runner = take("runner", RunnerSettings)
+    outbox = take("outbox", OutboxSettings)
+    routes = _tables(data, "routes", RouteSettings, errors)
+    jobs = _tables(data, "jobs", JobSettings, errors)
+    known = set(tables) if isinstance(tables, dict) else set()
+    listing = ", ".join(sorted(known)) or "none"
+    for i, route in routes:
+        if route.platform is not None and route.platform not in known:
+            errors.append(
+                f"routes[{i}].platform: unknown platform {route.platform!r} (configured: {listing})"
+            )
+    seen: set[str] = set()
+    for i, job in jobs:
+        if job.name in seen:
+            errors.append(f"jobs[{i}].name: a second job named {job.name!r}")
+        seen.add(job.name)
+        for target in job.targets:
+            platform = parse_target(target)[0]
+            if platform not in known:
+                errors.append(
+                    f"jobs[{i}].targets: unknown platform {platform!r} in {target!r} (configured: {listing})"
+                )
+
     if errors:
         raise ConfigError(source, errors)
     assert gateway is not None and store is not None and watchdog is not None
-    return GatewayConfig(path, gateway, store, watchdog, platforms, db_url)
+    assert runner is not None and outbox is not None
+    return GatewayConfig(
+        path,
+        gateway,
+        store,
+        watchdog,
+        platforms,
+        db_url,
+        runner,
+        outbox,
+        [r for _, r in routes],
+        [j for _, j in jobs],
+    )
+
+
+def _tables(
+    data: Mapping[str, Any], key: str, model: type[Any], errors: list[str]
+) -> list[tuple[int, Any]]:
+    """Validate an array of tables (``[[routes]]``); errors located as ``routes[2].handler``."""
+    raw = data.get(key, [])
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        errors.append(f"{key}: expected tables like [[{key}]]")
+        return []
+    result = []
+    for i, table in enumerate(raw, start=1):
+        try:
+            result.append((i, model.model_validate(table)))
+        except ValidationError as exc:
+            errors.extend(problems(exc, (f"{key}[{i}]",)))
+    return result

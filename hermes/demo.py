@@ -56,7 +56,6 @@ client_secret = "env:QQ_SIM_SECRET"    # secrets are references, never inline
 api_base = "{api_base}"
 token_url = "{token_url}"
 intents = ["GROUP_AND_C2C_EVENT"]
-handler = "echo"
 hello_timeout = {hello}
 reconnect_backoff = {backoff}
 reconnect_backoff_max = {backoff_max}
@@ -64,6 +63,9 @@ reconnect_max_failures = 3             # then the adapter reports qq_reconnect_e
 stable_after = "30s"
 restart_max = 1                        # the watchdog restarts it once, then: fatal
 restart_backoff = {backoff}
+
+[[routes]]                             # every message: the reply is its own text
+handler = "echo"
 """
 
 _print_lock = threading.Lock()

@@ -5,6 +5,7 @@
     HermesError
      └── AdapterError                   a platform adapter failed
           ├── SendError                 an outgoing message was not delivered
+          │    ├── AlreadyDelivered     ... because the platform already has it (a retry)
           │    ├── RateLimited          still rate limited after the retries
           │    └── QQApiError         the QQ open platform answered with an error
           │         └── QQRateLimited    (RateLimited too)
@@ -30,6 +31,11 @@ class AdapterError(HermesError):
 
 class SendError(AdapterError):
     """An outgoing message was not delivered."""
+
+
+class AlreadyDelivered(SendError):
+    """The platform refused a message as a duplicate of one it already has: a retry of a
+    message whose first attempt did arrive. For the outbox this means delivered."""
 
 
 class RateLimited(SendError):

@@ -36,6 +36,9 @@ class OutboundMessage:
     chat_id: str
     text: str
     reply_to: str | None = None
+    reply_seq: int | None = None
+    """Which reply to ``reply_to`` this is (1, 2, ...), fixed by the outbox so that a retry
+    is the same message to the platform (QQ: ``msg_seq``). None: the adapter counts."""
 
 
 class RecentIds:

@@ -18,33 +18,47 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from loguru import logger
 
 import hermes
+from hermes.adapters.base import Adapter
 from hermes.config import GatewayConfig, PlatformConfig, load_config
+from hermes.handlers import build_routes
+from hermes.jobs import JobScheduler
+from hermes.ledger import DB_ERRORS, Ledger
+from hermes.messages import InboundMessage
+from hermes.outbox import Outbox
+from hermes.runs import JobRunner
 from watchdog.clock import Clock, SystemClock
 from watchdog.engine import EXIT_ESCALATE, EXIT_NOT_RETRYABLE, Escalation, WatchdogEngine
 from watchdog.exceptions import ConfigError, StoreError, WatchdogTimingError
 from watchdog.heartbeat import HeartbeatBoard, PlatformHandle
 from watchdog.job import WatchdogJob
 from watchdog.notify import Notifier
+from watchdog.states import DeclaredState, Health
 from watchdog.store import StateStore
 from watchdog.supervisor import PlatformSpec, Supervised, Supervisor
-from watchdog.tasks import TaskRegistry
-from watchdog.threads import in_thread
+from watchdog.tasks import TaskRegistry, describe_exception
+from watchdog.threads import DaemonWorker, in_thread
 from watchdog.writer import StoreWriter
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 
 
-def platform_spec(pc: PlatformConfig) -> PlatformSpec:
+def platform_spec(
+    pc: PlatformConfig, on_message: Callable[[InboundMessage], Awaitable[None]] | None = None
+) -> PlatformSpec:
     def factory(handle: PlatformHandle) -> Supervised:
-        return pc.adapter_class(pc.name, pc.settings, handle)
+        adapter = pc.adapter_class(pc.name, pc.settings, handle)
+        if on_message is not None:
+            adapter.on_message = on_message
+        return adapter
 
     return PlatformSpec(
         name=pc.name,
@@ -81,6 +95,11 @@ class Gateway:
         self.writer: StoreWriter | None = None
         self.job: WatchdogJob | None = None
         self.scheduler: AsyncIOScheduler | None = None
+        self.db: DaemonWorker | None = None
+        self.ledger: Ledger | None = None
+        self.outbox: Outbox | None = None
+        self.runner: JobRunner | None = None
+        self.jobs: JobScheduler | None = None
         self.exit_code = EXIT_OK
         self.exit_reason = ""
         self.ready = asyncio.Event()
@@ -172,8 +191,9 @@ class Gateway:
             heartbeat_persist_interval=cfg.store.heartbeat_persist_interval,
             on_escalate=self._on_escalate,
         )
+        await self._start_runner()
         for pc in cfg.platforms.values():
-            self.supervisor.add(platform_spec(pc))
+            self.supervisor.add(platform_spec(pc, self._on_message))
         now = self.clock.monotonic()
         wall = self.clock.wall()
         rows = [self.job.row(r, wall, now) for r in self.board]
@@ -187,6 +207,110 @@ class Gateway:
         self.scheduler = AsyncIOScheduler()
         self.scheduler.start()
         self.job.install(self.scheduler)
+        await self._start_jobs()
+
+    async def _start_runner(self) -> None:
+        """The ledger, the outbox and the job runner; runs and rows a crash left behind."""
+        cfg = self.config
+        assert self.store is not None
+        self.db = DaemonWorker("hermes-db")
+        self.ledger = Ledger(self.store.engine, self.instance_id)
+        interrupted = await self.db.call(self.ledger.close_interrupted)
+        recovered = await self.db.call(self.ledger.recover_sending)
+        if interrupted or recovered:
+            logger.warning(
+                "previous process left {} runs unfinished (now cancelled) and {} messages mid-send (will be sent again)",
+                interrupted,
+                recovered,
+            )
+        self.outbox = Outbox(self.ledger, self.db, self, cfg.outbox)
+        self.runner = JobRunner(
+            self.ledger,
+            self.db,
+            self.outbox,
+            self,
+            self.tasks,
+            settings=cfg.runner,
+            outbox_settings=cfg.outbox,
+            routes=build_routes(cfg.routes),
+            jobs=cfg.jobs,
+            environ=self.environ,
+        )
+        self._essential(self.outbox.run(), "outbox:delivery")
+        self._essential(self.runner.poll_requests(), "jobs:requests")
+        self._essential(self._housekeeping(), "housekeeping")
+
+    async def _start_jobs(self) -> None:
+        assert self.store is not None and self.runner is not None
+        runner = self.runner
+        self.jobs = JobScheduler(
+            self.store.engine, asyncio.get_running_loop(), runner.run_scheduled
+        )
+        changes = await in_thread(self.jobs.start, self.config.jobs, name="hermes-jobs-start")
+        logger.info(
+            "scheduled jobs: {} added, {} changed, {} removed, {} kept",
+            changes["added"],
+            changes["changed"],
+            changes["removed"],
+            changes["kept"],
+        )
+
+    def _essential(self, coro: Any, name: str) -> None:
+        """A task the gateway cannot work without: if it ends, the gateway escalates."""
+
+        def ended(task: asyncio.Task[Any]) -> None:
+            if self._stop is None or self._stop.is_set():
+                return
+            exc = None if task.cancelled() else task.exception()
+            why = (
+                "cancelled" if task.cancelled() else describe_exception(exc) if exc else "returned"
+            )
+            self.request_stop(EXIT_ESCALATE, f"internal task {name} ended unexpectedly ({why})")
+
+        self.tasks.spawn(coro, name=name, on_done=ended, expected_to_end=False)
+
+    async def _housekeeping(self) -> None:
+        """Pick up job-store changes made by ``hermes jobs``; prune old runs and messages."""
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
+        while True:
+            await asyncio.sleep(self.config.runner.request_poll)
+            if self.jobs is not None:
+                self.jobs.wakeup()
+            if loop.time() >= next_prune and self.db is not None and self.ledger is not None:
+                next_prune = loop.time() + 3600
+                try:
+                    runs, rows = await self.db.call(
+                        self.ledger.prune,
+                        timedelta(seconds=self.config.runner.retention),
+                        timedelta(seconds=self.config.outbox.retention),
+                    )
+                except DB_ERRORS as exc:
+                    logger.warning("pruning old runs postponed: {}", describe_exception(exc))
+                    next_prune = loop.time() + 60
+                    continue
+                if runs or rows:
+                    logger.info("pruned {} old runs and {} settled outbox messages", runs, rows)
+
+    # -- what the outbox and the runner need (hermes.outbox.Platforms)
+
+    def deliverable(self) -> list[str]:
+        """Platforms that are connected now: their outbox messages may go out."""
+        return [
+            r.name
+            for r in self.board
+            if r.declared is DeclaredState.CONNECTED
+            and r.health is not Health.FATAL
+            and r.restart_at is None
+        ]
+
+    def adapter(self, platform: str) -> Adapter | None:
+        instance = self.supervisor.instance(platform)
+        return instance if isinstance(instance, Adapter) else None
+
+    async def _on_message(self, message: InboundMessage) -> None:
+        if self.runner is not None:
+            await self.runner.on_message(message)
 
     def _instance_row(self) -> dict[str, Any]:
         return {
@@ -228,6 +352,16 @@ class Gateway:
             self._reloading.cancel()
         if self.job is not None:
             self.job.uninstall()
+        if self.jobs is not None:
+            self.jobs.stop()
+        if self.runner is not None:
+            await self.runner.cancel_all(grace=min(2.0, budget * 0.2))
+        if self.outbox is not None:
+            # Replies produced just before the stop: one bounded last try while adapters are up.
+            try:
+                await asyncio.wait_for(self.outbox.deliver_once(), min(2.0, budget * 0.1))
+            except (TimeoutError, Exception) as exc:
+                logger.warning("last outbox pass at stop incomplete: {}", describe_exception(exc))
         try:
             await asyncio.wait_for(self.supervisor.stop_all(), max(0.1, budget * 0.6))
         except TimeoutError:
@@ -242,6 +376,8 @@ class Gateway:
         stuck = await self.tasks.cancel_all(grace=max(0.1, min(2.0, deadline - loop.time())))
         if stuck:
             logger.error("tasks still running at exit: {}", ", ".join(stuck))
+        if self.db is not None:
+            self.db.stop()
         if self.store is not None:
             self.store.close()
         logger.info("stopped (exit {})", code)
@@ -308,7 +444,17 @@ class Gateway:
             if name in removed and self.job is not None:
                 self.job.record_removed(name)
         for name in changed + added:
-            self.supervisor.add(platform_spec(new.platforms[name]))
+            self.supervisor.add(platform_spec(new.platforms[name], self._on_message))
+        if self.runner is not None:
+            self.runner.configure(build_routes(new.routes), new.jobs)
+        if self.jobs is not None:
+            changes = await in_thread(self.jobs.sync, new.jobs, name="hermes-jobs-sync")
+            logger.info(
+                "scheduled jobs: {} added, {} changed, {} removed",
+                changes["added"],
+                changes["changed"],
+                changes["removed"],
+            )
         self.config = new
         logger.info(
             "configuration reloaded: {} added, {} changed, {} removed",

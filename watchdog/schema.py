@@ -19,6 +19,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -109,3 +110,68 @@ platform_transitions = Table(
     Index("ix_platform_transitions_platform_at", "platform", "at"),
     Index("ix_platform_transitions_at", "at"),
 )
+
+# -- the job runner's ledger and the durable outbox (revision 0002)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),  # route (message handler) or job (scheduled)
+    Column("name", String(128), nullable=False),
+    Column("trigger", String(16), nullable=False),  # message, schedule or manual
+    Column("platform", String(128)),
+    Column("message_id", String(255)),
+    Column("scheduled_for", UTCDateTime),
+    Column("requested_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    # requested, running, ok, error, timeout, cancelled, missed
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    Column("output", Text),
+    Column("instance_id", String(36)),
+    Index("ix_job_runs_name_started", "name", "started_at"),
+    Index("ix_job_runs_status", "status"),
+    Index("ix_job_runs_requested_at", "requested_at"),
+    Index("ux_job_runs_schedule", "name", "scheduled_for", unique=True),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("idempotency_key", String(255), nullable=False, unique=True),
+    Column("platform", String(128), nullable=False),
+    Column("chat_kind", String(32), nullable=False),
+    Column("chat_id", String(255), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("reply_to", String(255)),
+    # Position among the replies to reply_to (QQ: msg_seq), fixed at enqueue, so that the
+    # platform recognises a retry as the same message.
+    Column("reply_seq", Integer),
+    Column("expires_at", UTCDateTime),
+    Column("status", String(16), nullable=False),  # pending, sending, delivered, failed, expired
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("last_error", Text),
+    Column("run_id", String(36)),
+    Column("platform_message_id", String(255)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    Index("ix_outbox_due", "status", "next_attempt_at"),
+    Index("ix_outbox_reply_to", "reply_to"),
+)
+
+apscheduler_jobs = Table(
+    "apscheduler_jobs",
+    metadata,
+    Column("id", String(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)
+"""APScheduler's own job store table, created by our migrations so that one alembic history
+describes the whole database; its layout is APScheduler's."""

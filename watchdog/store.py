@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from watchdog.exceptions import StoreError, StoreNotFound
 from watchdog.schema import gateway_instances, platform_state, platform_transitions
 
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 ALEMBIC_LOCATION = "watchdog:migrations"
 
 

@@ -84,6 +84,14 @@ class Supervisor:
     def specs(self) -> dict[str, PlatformSpec]:
         return dict(self._specs)
 
+    def instance(self, name: str) -> Supervised | None:
+        """The platform's current adapter instance, if one is running."""
+        inst = self._instances.get(name)
+        record = self.board.get(name)
+        if inst is None or record is None or inst.generation != record.generation:
+            return None
+        return inst.adapter
+
     # -- starting
 
     def add(self, spec: PlatformSpec) -> PlatformRecord:

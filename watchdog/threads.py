@@ -8,6 +8,7 @@ the process from ever exiting. A daemon thread per call cannot do that.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -44,3 +45,66 @@ async def in_thread(fn: Callable[..., T], *args: Any, name: str) -> T:
 
     threading.Thread(target=work, name=name, daemon=True).start()
     return await future
+
+
+class DaemonWorker:
+    """One daemon thread running submitted calls in order; :meth:`call` awaits the result.
+
+    For the many small database calls of the job runner and the outbox: one thread keeps
+    them serialized (no lock contention with itself) without a thread per call, and a call
+    hung on a dead database can never keep the process from exiting.
+    """
+
+    def __init__(self, name: str) -> None:
+        import queue
+
+        self.name = name
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args, deliver = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                deliver(None, exc)
+            else:
+                deliver(result, None)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        def deliver(result: Any, exc: BaseException | None) -> None:
+            try:
+                loop.call_soon_threadsafe(settle, result, exc)
+            except RuntimeError:  # the loop closed; nobody is waiting
+                pass
+
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        self._queue.put((fn, args, deliver))
+        return await future
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Ask the thread to end after the calls already queued."""
+        self._queue.put(None)

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict
 
+from hermes.errors import SendError
+from hermes.messages import InboundMessage, OutboundMessage
 from watchdog.heartbeat import PlatformHandle
 from watchdog.states import DeclaredState
 
@@ -55,6 +58,8 @@ class Adapter(ABC):
         self.handle = handle
         self.log = logger.bind(platform=name)
         self._closing = asyncio.Event()
+        self.on_message: Callable[[InboundMessage], Awaitable[None]] = self._log_message
+        """Where inbound messages go; the gateway points it at its job runner."""
 
     @abstractmethod
     async def run(self) -> None:
@@ -63,6 +68,28 @@ class Adapter(ABC):
     async def close(self) -> None:
         """Ask :meth:`run` to finish. Subclasses also close their connections here."""
         self._closing.set()
+
+    # -- messages
+
+    async def send(self, message: OutboundMessage) -> dict[str, Any]:
+        """Deliver one message now; raise :class:`~hermes.errors.SendError` (or a subclass)
+        if it was not delivered. The outbox calls this; handlers never do."""
+        raise SendError(
+            f"{self.name}: adapter {self.kind or type(self).__name__} cannot send messages"
+        )
+
+    def reply_window(self, chat_kind: str) -> float | None:
+        """Seconds after an inbound message during which it can be replied to (None: no limit)."""
+        return None
+
+    async def _log_message(self, message: InboundMessage) -> None:
+        self.log.info(
+            "message {} in {} {} ({} chars)",
+            message.message_id,
+            message.chat_kind,
+            message.chat_id,
+            len(message.text),
+        )
 
     def closing(self) -> bool:
         """True once :meth:`close` was called. A method, not a property: type checkers would

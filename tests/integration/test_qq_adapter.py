@@ -38,7 +38,9 @@ FAST = {
 class Bot:
     """One adapter instance on a real heartbeat board, with its inbound messages captured."""
 
-    def __init__(self, sim: QQSimulator, *, secret: str | None = None, **settings: Any) -> None:
+    def __init__(
+        self, sim: QQSimulator, *, secret: str | None = None, echo: bool = False, **settings: Any
+    ) -> None:
         self.sim = sim
         self.board = HeartbeatBoard()
         self.record: PlatformRecord = self.board.register(
@@ -53,9 +55,14 @@ class Bot:
         self.adapter = QQBotAdapter("qq", parsed, handle)
         self.inbound: list[InboundMessage] = []
         self._got = asyncio.Event()
-        if settings.get("handler") is None:
-            self.adapter.on_message = self._capture
+        self.adapter.on_message = self._echo if echo else self._capture
         self.task: asyncio.Task[None] | None = None
+
+    async def _echo(self, message: InboundMessage) -> None:
+        reply = OutboundMessage(
+            message.chat_kind, message.chat_id, message.text, reply_to=message.message_id
+        )
+        await self.adapter.send(reply)
 
     async def _capture(self, message: InboundMessage) -> None:
         self.inbound.append(message)
@@ -199,7 +206,7 @@ async def test_a_malformed_frame_is_dropped_and_the_session_goes_on(sim, bot):
 
 
 async def test_echo_replies_with_msg_id_and_increasing_msg_seq(sim):
-    bot = Bot(sim, handler="echo").start()
+    bot = Bot(sim, echo=True).start()
     try:
         await sim.wait_ready(t(5))
         mid = await sim.send_message("group", "ping", chat="G1")
@@ -437,7 +444,7 @@ async def test_the_incident_refused_connections_end_in_an_explicit_reconnect_exh
 
 async def test_shutdown_closes_with_1000_and_leaves_no_task_behind(tmp_path):
     async with QQSimulator(heartbeat_interval=0.2) as sim:
-        bot = Bot(sim, handler="echo").start()
+        bot = Bot(sim, echo=True).start()
         await sim.wait_ready(t(5))
         mid = await sim.send_message("c2c", "bye")
         await sim.wait_until(lambda: sim.replies_to(mid), t(5), "echo")

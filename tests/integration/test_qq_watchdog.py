@@ -132,7 +132,7 @@ async def test_a_half_open_socket_is_caught_by_the_ttl_when_the_adapter_cannot_s
 
 
 async def test_messages_flow_through_the_gateway_and_are_echoed(tmp_path, sim):
-    config = write_config(tmp_path, {"qq": qq(sim, handler="echo")}, tick=TICK)
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=[{"handler": "echo"}])
     gw, task = await run_gateway(config)
     try:
         await sim.wait_ready(t(5))

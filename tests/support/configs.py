@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ def write_config(
     store: Mapping[str, Any] | None = None,
     watchdog: Mapping[str, Any] | None = None,
     gateway: Mapping[str, Any] | None = None,
+    routes: Sequence[Mapping[str, Any]] = (),
+    jobs: Sequence[Mapping[str, Any]] = (),
+    extra: str = "",
     name: str = "gateway.toml",
 ) -> Path:
     """Write a config; platforms default to the scripted test adapter."""
@@ -42,6 +45,11 @@ def write_config(
     ]
     for pname, values in platforms.items():
         parts.append(table(f'platforms."{pname}"', {"adapter": SCRIPTED, **values}))
+    for route in routes:
+        parts.append(table("[routes]", route))
+    for job in jobs:
+        parts.append(table("[jobs]", job))
+    parts.append(extra)
     path = directory / name
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -22,7 +22,8 @@ def test_the_example_configuration_is_valid_and_documents_every_key():
 
 def test_the_commented_qq_example_is_valid_once_uncommented(tmp_path):
     text = (DEPLOY / "gateway.example.toml").read_text()
-    block = text[text.index("#[platforms.qq-main]") :]
+    start = text.index("#[platforms.qq-main]")
+    block = text[start : text.index("\n\n", start)]
     uncommented = "\n".join(line.removeprefix("#") for line in block.splitlines())
     path = tmp_path / "qq.toml"
     path.write_text(uncommented)

@@ -15,9 +15,8 @@ non-1000 code and resumed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import httpx
 from pydantic import AfterValidator, Field, field_validator
@@ -65,6 +64,8 @@ from watchdog.states import DeclaredState
 from watchdog.tasks import TaskRegistry, describe_exception
 
 PRODUCTION_API = "https://api.sgroup.qq.com"
+REPLY_WINDOWS = {"c2c": 3600.0, "group": 300.0, "channel": 300.0, "dm": 300.0}
+"""Passive-reply windows from the platform's documentation (seconds)."""
 PRODUCTION_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
 
 
@@ -85,8 +86,6 @@ class QQBotSettings(AdapterSettings):
     token_url: HttpUrl = PRODUCTION_TOKEN_URL
     intents: list[str] = Field(default_factory=lambda: list(DEFAULT_INTENTS))
     shard: tuple[int, int] = (0, 1)
-    handler: Literal["log", "echo", "none"] = "log"
-    """What to do with inbound messages until the job runner routes them."""
     reconnect_backoff: Duration = 1.0
     reconnect_backoff_max: Duration = 60.0
     reconnect_max_failures: Annotated[int, Field(ge=0)] = 10
@@ -143,7 +142,6 @@ class QQBotAdapter(Adapter):
             rate_limit_delay=settings.rate_limit_delay,
         )
         self.recent = RecentIds(settings.dedupe_window)
-        self.on_message: Callable[[InboundMessage], Awaitable[None]] = self._builtin_handler()
         self.api: QQApi | None = None
         self.tokens: TokenManager | None = None
         self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue(settings.handler_queue)
@@ -441,35 +439,17 @@ class QQBotAdapter(Adapter):
                     "handler failed for message {}: {}", message.message_id, describe_exception(exc)
                 )
 
-    def _builtin_handler(self) -> Callable[[InboundMessage], Awaitable[None]]:
-        async def log(message: InboundMessage) -> None:
-            self.log.info(
-                "message {} in {} {} ({} chars)",
-                message.message_id,
-                message.chat_kind,
-                message.chat_id,
-                len(message.text),
-            )
-
-        async def echo(message: InboundMessage) -> None:
-            await self.send(
-                OutboundMessage(
-                    message.chat_kind, message.chat_id, message.text, reply_to=message.message_id
-                )
-            )
-
-        async def none(message: InboundMessage) -> None:
-            return None
-
-        return {"log": log, "echo": echo, "none": none}[self.s.handler]
-
     # -- outbound
 
     async def send(self, message: OutboundMessage) -> dict[str, Any]:
-        """Send a message (a passive reply when ``reply_to`` is set); raises :class:`SendError`."""
+        """Send a message (a passive reply when ``reply_to`` is set); raises :class:`SendError`,
+        :class:`~hermes.errors.AlreadyDelivered` when the platform de-duplicated a retry."""
         if self.api is None:
             raise SendError(f"{self.name}: not running")
         return await self.api.send(message)
+
+    def reply_window(self, chat_kind: str) -> float | None:
+        return REPLY_WINDOWS.get(chat_kind)
 
 
 def _unchecked(conn: Connection) -> Send:

@@ -17,7 +17,13 @@ import httpx
 from loguru import logger
 
 from hermes.adapters.qqbot.auth import TokenManager
-from hermes.errors import QQApiError, QQAuthError, QQRateLimited, QQTokenUnavailable
+from hermes.errors import (
+    AlreadyDelivered,
+    QQApiError,
+    QQAuthError,
+    QQRateLimited,
+    QQTokenUnavailable,
+)
 from hermes.messages import OutboundMessage
 
 # Platform codes for a *frequency* limit, retried like HTTP 429. Quotas (304045, 304049,
@@ -26,6 +32,9 @@ from hermes.messages import OutboundMessage
 RATE_LIMIT_CODES = frozenset(
     {20028, 22009, 610013, 620006, 1100100, 1100308, *range(504000, 505000)}
 )
+
+DUPLICATE_REPLY = 40054005
+"""Same msg_id and msg_seq as a reply the platform already has ("消息被去重")."""
 
 ROUTES = {
     "c2c": "/v2/users/{id}/messages",
@@ -107,10 +116,17 @@ class QQApi:
         route = ROUTES.get(out.chat_kind)
         if route is None:
             raise QQApiError(f"cannot send to chat kind {out.chat_kind!r}", status=0)
-        seq = (
-            self.msg_seq.next(out.reply_to) if out.reply_to and out.chat_kind in V2_KINDS else None
-        )
-        data = await self.request("POST", route.format(id=out.chat_id), message_body(out, seq))
+        seq = None
+        if out.reply_to and out.chat_kind in V2_KINDS:
+            seq = out.reply_seq if out.reply_seq is not None else self.msg_seq.next(out.reply_to)
+        try:
+            data = await self.request("POST", route.format(id=out.chat_id), message_body(out, seq))
+        except QQApiError as exc:
+            if exc.code == DUPLICATE_REPLY and out.reply_seq is not None:
+                raise AlreadyDelivered(
+                    f"the platform already has reply {seq} to {out.reply_to}"
+                ) from exc
+            raise
         return data if isinstance(data, dict) else {}
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
