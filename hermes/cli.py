@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the URLs and credentials as JSON here once listening",
     )
+    from hermes import jobs_cli
+
+    jobs_cli.add_parser(sub, f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})")
     check = sub.add_parser("check", help="validate a configuration file; exit 0 or 78")
     check.add_argument(
         "--config",
@@ -244,5 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check(_config_path(args.config))
     if args.command == "simulate":
         return cmd_simulate_qqbot(args)
+    if args.command == "jobs":
+        from hermes import jobs_cli
+
+        config = _load(_config_path(args.config))
+        if config is None:
+            return EXIT_NOT_RETRYABLE
+        return jobs_cli.main(args, config)
     parser.print_help(sys.stderr)
     return 2

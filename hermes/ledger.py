@@ -268,10 +268,11 @@ class Ledger:
                 "created_at": now,
                 "updated_at": now,
             }
-            stmt = _insert_ignore(conn, row)
-            result = conn.execute(stmt)
-            if result.inserted_primary_key and result.inserted_primary_key[0] is not None:
-                ids.append(int(result.inserted_primary_key[0]))
+            # RETURNING tells whether a row went in; inserted_primary_key would not (SQLite
+            # reports the previous insert's id after ON CONFLICT DO NOTHING).
+            inserted = conn.execute(_insert_ignore(conn, row).returning(outbox.c.id)).scalar()
+            if inserted is not None:
+                ids.append(int(inserted))
         return ids
 
     def recover_sending(self) -> int:

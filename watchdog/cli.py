@@ -25,6 +25,8 @@ OK, DEGRADED, CRITICAL, UNKNOWN = 0, 1, 2, 3
 DEFAULT_CONFIG = "/etc/hermes/gateway.toml"
 STALE_TICKS = 3
 STALE_FLOOR = 5.0
+JOB_FAILURES = 3
+STUCK_PENDING = 300.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +88,8 @@ class StatusReport:
     store: str | None = None
     instance: dict[str, Any] | None = None
     platforms: list[dict[str, Any]] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    outbox: dict[str, Any] | None = None
 
 
 def _seconds(now: datetime, then: datetime | None) -> float | None:
@@ -97,8 +101,54 @@ def assess(
     platforms: Sequence[Mapping[str, Any]],
     now: datetime,
     stale_after: float | None = None,
+    jobs: Sequence[Mapping[str, Any]] = (),
+    outbox: Mapping[str, Any] | None = None,
 ) -> StatusReport:
-    """Turn stored rows into a verdict; pure, ``now`` is passed in."""
+    """Turn stored rows into a verdict; pure, ``now`` is passed in.
+
+    Besides the platforms: a route or job whose latest run failed, with at least
+    ``JOB_FAILURES`` failures in the last hour, is degraded; so are outgoing messages that
+    failed in the last hour or a message pending for longer than ``STUCK_PENDING``."""
+    report = _assess_platforms(instance, platforms, now, stale_after)
+    report.jobs = [dict(j) for j in jobs]
+    report.outbox = None if outbox is None else dict(outbox)
+    if report.overall not in ("ok", "degraded"):
+        return report
+    problems = [
+        f"{j['kind']} {j['name']} failing ({j['failures']} failures in the last hour, last: {j['last_status']})"
+        for j in jobs
+        if j["last_status"] in ("error", "timeout", "missed") and j["failures"] >= JOB_FAILURES
+    ]
+    if outbox is not None:
+        if outbox["failed_recently"]:
+            problems.append(
+                f"{outbox['failed_recently']} outgoing messages failed in the last hour"
+            )
+        oldest = _seconds(now, outbox.get("oldest_pending_at"))
+        if oldest is not None and oldest > STUCK_PENDING:
+            problems.append(
+                f"{outbox['pending']} outgoing messages pending, the oldest for {age(oldest)}"
+            )
+    if not problems:
+        return report
+    detail = "; ".join(problems)
+    if report.overall == "ok":
+        report.overall, report.exit_code, report.summary = (
+            "degraded",
+            DEGRADED,
+            f"WARNING: {detail}",
+        )
+    else:
+        report.summary += f"; {detail}"
+    return report
+
+
+def _assess_platforms(
+    instance: Mapping[str, Any] | None,
+    platforms: Sequence[Mapping[str, Any]],
+    now: datetime,
+    stale_after: float | None,
+) -> StatusReport:
     rows = []
     for p in platforms:
         row = dict(p)
@@ -190,6 +240,8 @@ def report_json(report: StatusReport, error: str | None = None) -> str:
         if report.instance is None
         else {k: _iso(v) for k, v in report.instance.items()},
         "platforms": [{k: _iso(v) for k, v in p.items()} for p in report.platforms],
+        "jobs": [{k: _iso(v) for k, v in j.items()} for j in report.jobs],
+        "outbox": None if report.outbox is None else {k: _iso(v) for k, v in report.outbox.items()},
     }
     return json.dumps(doc, indent=2, ensure_ascii=False)
 
@@ -246,6 +298,35 @@ def report_text(report: StatusReport) -> str:
         lines += ["", render(headers, rows)]
     elif inst is not None:
         lines.append("no platforms configured")
+    if report.jobs:
+        table = [
+            [
+                j["name"],
+                j["kind"],
+                f"{j['last_status']} {age(_seconds(report.checked_at, j['last_finished_at']))} ago",
+                str(j["runs"]),
+                str(j["failures"]),
+                (j.get("last_error") or "") if j["last_status"] != "ok" else "",
+            ]
+            for j in report.jobs
+        ]
+        lines += [
+            "",
+            render(
+                ["ROUTE/JOB", "KIND", "LAST RUN", "RUNS (1h)", "FAILED (1h)", "LAST ERROR"], table
+            ),
+        ]
+    box = report.outbox
+    if box is not None:
+        oldest = _seconds(report.checked_at, box.get("oldest_pending_at"))
+        waiting = f"{box['pending']} pending" + (
+            f" (oldest {age(oldest)})" if oldest is not None else ""
+        )
+        lines += [
+            "",
+            f"outbox: {waiting}, {box['sending']} sending; last hour: "
+            f"{box['failed_recently']} failed, {box['expired_recently']} expired",
+        ]
     return "\n".join(lines)
 
 
@@ -286,7 +367,15 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     store = None
     try:
         store = _open(args, environ)
-        report = assess(store.latest_instance(), store.platforms(), now, args.stale_after)
+        hour_ago = now - timedelta(hours=1)
+        report = assess(
+            store.latest_instance(),
+            store.platforms(),
+            now,
+            args.stale_after,
+            store.jobs_summary(hour_ago),
+            store.outbox_summary(hour_ago),
+        )
         report.store = store.name
     except (StoreError, ConfigError, ValueError) as exc:
         report = StatusReport("unknown", UNKNOWN, f"UNKNOWN: {exc}", now)

@@ -132,6 +132,7 @@ job_runs = Table(
     Column("output", Text),
     Column("instance_id", String(36)),
     Index("ix_job_runs_name_started", "name", "started_at"),
+    Index("ix_job_runs_name_finished", "name", "finished_at"),
     Index("ix_job_runs_status", "status"),
     Index("ix_job_runs_requested_at", "requested_at"),
     Index("ux_job_runs_schedule", "name", "scheduled_for", unique=True),

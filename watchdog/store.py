@@ -24,6 +24,7 @@ from watchdog.exceptions import StoreError, StoreNotFound
 from watchdog.schema import gateway_instances, platform_state, platform_transitions
 
 SCHEMA_HEAD = "0002"
+FAILED_RUNS = ("error", "timeout", "missed")
 ALEMBIC_LOCATION = "watchdog:migrations"
 
 
@@ -289,6 +290,83 @@ class StateStore:
                 select(platform_state).order_by(platform_state.c.platform)
             ).mappings()
             return [dict(r) for r in rows]
+
+    def jobs_summary(self, since: datetime) -> list[dict[str, Any]]:
+        """Per route or job with a run finished since ``since``: its latest run, its runs and
+        failures since then. Empty for a store older than the job runner."""
+        from sqlalchemy import case, func
+
+        from watchdog.schema import job_runs
+
+        if (self.revision() or "") < "0002":
+            return []
+        failed = case((job_runs.c.status.in_(FAILED_RUNS), 1), else_=0)
+        with self._reading() as conn:
+            counts = conn.execute(
+                select(
+                    job_runs.c.name,
+                    job_runs.c.kind,
+                    func.count().label("runs"),
+                    func.sum(failed).label("failures"),
+                )
+                .where(job_runs.c.finished_at >= since)
+                .group_by(job_runs.c.name, job_runs.c.kind)
+                .order_by(job_runs.c.name)
+            ).all()
+            result = []
+            for row in counts:
+                last = conn.execute(
+                    select(job_runs.c.status, job_runs.c.finished_at, job_runs.c.error)
+                    .where(job_runs.c.name == row.name, job_runs.c.finished_at.is_not(None))
+                    .order_by(job_runs.c.finished_at.desc())
+                    .limit(1)
+                ).one()
+                result.append(
+                    {
+                        "name": row.name,
+                        "kind": row.kind,
+                        "runs": int(row.runs),
+                        "failures": int(row.failures or 0),
+                        "last_status": last.status,
+                        "last_finished_at": last.finished_at,
+                        "last_error": last.error,
+                    }
+                )
+        return result
+
+    def outbox_summary(self, since: datetime) -> dict[str, Any] | None:
+        """Messages waiting now, and settled badly since ``since``; None before the outbox."""
+        from sqlalchemy import func
+
+        from watchdog.schema import outbox
+
+        if (self.revision() or "") < "0002":
+            return None
+        with self._reading() as conn:
+            waiting: dict[str, int] = dict(
+                conn.execute(
+                    select(outbox.c.status, func.count())
+                    .where(outbox.c.status.in_(("pending", "sending")))
+                    .group_by(outbox.c.status)
+                ).all()
+            )
+            settled: dict[str, int] = dict(
+                conn.execute(
+                    select(outbox.c.status, func.count())
+                    .where(outbox.c.status.in_(("failed", "expired")), outbox.c.updated_at >= since)
+                    .group_by(outbox.c.status)
+                ).all()
+            )
+            oldest = conn.execute(
+                select(func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
+            ).scalar()
+        return {
+            "pending": int(waiting.get("pending", 0)),
+            "sending": int(waiting.get("sending", 0)),
+            "failed_recently": int(settled.get("failed", 0)),
+            "expired_recently": int(settled.get("expired", 0)),
+            "oldest_pending_at": oldest,
+        }
 
     def transitions(
         self, platform: str | None = None, since: datetime | None = None, limit: int | None = 200

@@ -200,6 +200,8 @@ def test_json_has_a_stable_shape(store_url):
         "error",
         "instance",
         "platforms",
+        "jobs",
+        "outbox",
     }
     assert (doc["overall"], doc["exit_code"], doc["error"]) == ("fatal", 2, None)
     assert {

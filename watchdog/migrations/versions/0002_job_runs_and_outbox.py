@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("instance_id", sa.String(36)),
     )
     op.create_index("ix_job_runs_name_started", "job_runs", ["name", "started_at"])
+    op.create_index("ix_job_runs_name_finished", "job_runs", ["name", "finished_at"])
     op.create_index("ix_job_runs_status", "job_runs", ["status"])
     op.create_index("ix_job_runs_requested_at", "job_runs", ["requested_at"])
     op.create_index("ux_job_runs_schedule", "job_runs", ["name", "scheduled_for"], unique=True)

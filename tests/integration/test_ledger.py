@@ -1,0 +1,131 @@
+"""The job runner's ledger and the outbox table, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hermes.ledger import Ledger, Outgoing
+from watchdog.store import StateStore
+
+T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def ledger(store_url):
+    store = StateStore(store_url)
+    store.migrate()
+    yield Ledger(store.engine, "instance-1")
+    store.close()
+
+
+def reply(key: str, to: str = "m1", platform: str = "qq") -> Outgoing:
+    return Outgoing(key, platform, "group", "G1", f"text {key}", reply_to=to)
+
+
+def test_finishing_a_run_enqueues_its_messages_in_the_same_transaction(ledger):
+    run = ledger.start_run(
+        kind="route", name="echo", trigger="message", platform="qq", message_id="m1"
+    )
+    ids = ledger.finish_run(run, "ok", output="hi", messages=[reply("run:1:reply")])
+    (row,) = ledger.outbox_rows()
+    assert row["id"] == ids[0]
+    assert (row["status"], row["run_id"], row["reply_to"], row["reply_seq"]) == (
+        "pending",
+        run,
+        "m1",
+        1,
+    )
+    finished = ledger.run(run)
+    assert finished is not None
+    assert (finished["status"], finished["output"], finished["instance_id"]) == (
+        "ok",
+        "hi",
+        "instance-1",
+    )
+
+
+def test_enqueue_is_idempotent_and_replies_to_one_message_are_numbered(ledger):
+    assert len(ledger.enqueue([reply("a"), reply("b"), reply("c", to="m2")])) == 3
+    assert ledger.enqueue([reply("a")]) == []  # the same key again: nothing new
+    rows = {r["idempotency_key"]: r for r in ledger.outbox_rows()}
+    assert [rows[k]["reply_seq"] for k in ("a", "b", "c")] == [1, 2, 1]
+
+
+def test_a_scheduled_slot_runs_once_even_if_started_twice(ledger):
+    first = ledger.start_run(kind="job", name="daily", trigger="schedule", scheduled_for=T0)
+    again = ledger.start_run(kind="job", name="daily", trigger="schedule", scheduled_for=T0)
+    assert first is not None
+    assert again is None
+    assert ledger.record_missed("daily", T0, "late") is False  # that slot is taken too
+    assert ledger.record_missed("daily", T0 + timedelta(hours=24), "late") is True
+    assert ledger.record_missed("daily", T0 + timedelta(hours=24), "late") is False
+
+
+def test_requested_runs_are_claimed_once(ledger):
+    rid = ledger.request_run("daily")
+    assert ledger.claim_requests() == [(rid, "daily")]
+    assert ledger.claim_requests() == []
+    row = ledger.run(rid)
+    assert row is not None
+    assert (row["status"], row["trigger"]) == ("running", "manual")
+
+
+def test_what_a_dead_process_left_is_cleaned_up_at_start(ledger):
+    run = ledger.start_run(kind="route", name="slow", trigger="message")
+    ledger.enqueue([reply("x")])
+    (claimed,) = ledger.claim(["qq"], 10)
+    assert ledger.close_interrupted() == 1
+    assert ledger.recover_sending() == 1
+    row = ledger.run(run)
+    assert row is not None
+    assert (row["status"], row["error"]) == (
+        "cancelled",
+        "interrupted: the gateway stopped during the run",
+    )
+    (box,) = ledger.outbox_rows()
+    assert (box["status"], box["attempts"]) == ("pending", 1)
+    assert claimed.attempts == 1
+
+
+def test_claim_takes_due_rows_of_connected_platforms_in_order(ledger):
+    ledger.enqueue([reply("1"), reply("2", platform="tg"), reply("3")])
+    batch = ledger.claim(["qq"], 10)
+    assert [d.text for d in batch] == ["text 1", "text 3"]
+    assert ledger.claim(["qq"], 10) == []  # already sending
+    assert ledger.claim([], 10) == []
+    ledger.retry_later(batch[0].id, "boom", datetime.now(UTC) + timedelta(hours=1))
+    ledger.failed(batch[1].id, "gave up")
+    ledger.delivered(ledger.claim(["tg"], 10)[0].id, "platform-id-7")
+    rows = {r["text"]: r for r in ledger.outbox_rows()}
+    assert (rows["text 1"]["status"], rows["text 1"]["last_error"]) == ("pending", "boom")
+    assert ledger.claim(["qq"], 10) == []  # not due yet
+    assert rows["text 3"]["status"] == "failed"
+    assert (rows["text 2"]["status"], rows["text 2"]["platform_message_id"]) == (
+        "delivered",
+        "platform-id-7",
+    )
+    assert ledger.next_due(["qq"]) is not None
+
+
+def test_rows_past_their_deadline_expire_instead_of_going_out(ledger):
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    ledger.enqueue(
+        [
+            Outgoing("late", "qq", "c2c", "U", "too late", reply_to="m", expires_at=past),
+            reply("fine"),
+        ]
+    )
+    (expired,) = ledger.expire_due()
+    assert expired["platform"] == "qq"
+    assert [d.text for d in ledger.claim(["qq"], 10)] == ["text fine"]
+
+
+def test_prune_deletes_only_settled_history_past_retention(ledger):
+    done = ledger.start_run(kind="route", name="r", trigger="message")
+    ledger.finish_run(done, "ok")
+    running = ledger.start_run(kind="route", name="r", trigger="message")
+    assert ledger.prune(timedelta(seconds=-1), timedelta(seconds=-1)) == (1, 0)
+    assert ledger.run(running) is not None
+    assert ledger.run(done) is None
