@@ -117,8 +117,9 @@ class JobSettings(ActionSettings):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def scheduled_placeholder() -> None:
-    """The function stored with each job. Never called: :class:`LoopExecutor` runs jobs."""
+def scheduled_placeholder(**stored: Any) -> None:
+    """The function stored with each job (with its ``fingerprint``). Never called:
+    :class:`LoopExecutor` runs jobs."""
     raise RuntimeError("hermes jobs are run by the gateway's LoopExecutor")
 
 

@@ -1,0 +1,556 @@
+"""The job runner end to end: routes, handlers, jobs and the outbox, through the QQ simulator.
+
+The gateway runs in-process (and as a subprocess where it must be killed), the platform
+is the simulator on 127.0.0.1, the store a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hermes.adapters.qqbot import adapter as qq_adapter
+from hermes.adapters.qqbot.simulator import QQSimulator
+from hermes.config import load_config
+from hermes.ledger import Ledger
+from hermes.runner import Gateway
+from tests.support.configs import write_config
+from tests.support.notify import NotifyListener
+from tests.support.proc import HERMES, GatewayProcess, run_cli
+from tests.support.timing import t
+from watchdog.notify import Notifier
+from watchdog.store import StateStore
+
+TICK = 0.1
+
+
+def qq(sim: QQSimulator, **extra: Any) -> dict[str, Any]:
+    return {
+        "adapter": "qqbot",
+        **sim.adapter_settings(
+            client_secret="env:QQ_SECRET",
+            reconnect_backoff=0.05,
+            reconnect_backoff_max=0.2,
+            hello_timeout=1.0,
+        ),
+        **extra,
+    }
+
+
+@pytest.fixture
+async def sim(monkeypatch) -> AsyncIterator[QQSimulator]:
+    async with QQSimulator(heartbeat_interval=0.2) as s:
+        monkeypatch.setenv("QQ_SECRET", s.client_secret)
+        yield s
+
+
+class Running:
+    def __init__(self, config: Path, notify: NotifyListener | None) -> None:
+        self.config = config
+        self.gw = Gateway(
+            load_config(config),
+            notifier=Notifier(notify.address if notify else None, watchdog_timeout=10),
+        )
+        self.task: asyncio.Task[int] | None = None
+
+    async def __aenter__(self) -> Running:
+        self.task = asyncio.get_running_loop().create_task(self.gw.run(), name="test:gateway")
+        ready = asyncio.ensure_future(self.gw.ready.wait())
+        await asyncio.wait({self.task, ready}, timeout=t(20), return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        assert not self.task.done(), "the gateway did not start"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        if not self.task.done():
+            self.gw.request_stop(0, "test finished")
+        assert await asyncio.wait_for(self.task, t(20)) == 0
+
+
+def ledger_for(config: Path) -> tuple[Ledger, StateStore]:
+    store = StateStore(load_config(config).database_url)
+    return Ledger(store.engine), store
+
+
+def runs(config: Path) -> list[dict[str, Any]]:
+    ledger, store = ledger_for(config)
+    try:
+        return ledger.runs(limit=1000)
+    finally:
+        store.close()
+
+
+def outbox(config: Path) -> list[dict[str, Any]]:
+    ledger, store = ledger_for(config)
+    try:
+        return ledger.outbox_rows()
+    finally:
+        store.close()
+
+
+def reply_text(sim: QQSimulator, message_id: str) -> str:
+    (reply,) = sim.replies_to(message_id)
+    return str(reply.body["content"])
+
+
+# -- handlers
+
+
+async def test_each_handler_kind_replies_through_the_platform_and_records_its_run(
+    tmp_path, sim, notify_path
+):
+    script = tmp_path / "cmd.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "msg = json.load(sys.stdin)\n"
+        "leak = 'QQ_SECRET' in os.environ\n"
+        "print(f\"cmd got {msg['args']!r} from {os.environ['HERMES_AUTHOR_ID']} in {os.environ['HERMES_CHAT_KIND']}; secret leaked: {leak}\")\n"
+    )
+    routes: list[dict[str, Any]] = [
+        {
+            "name": "cmd",
+            "prefix": "/cmd",
+            "handler": "command",
+            "command": [sys.executable, str(script)],
+        },
+        {
+            "name": "shout",
+            "prefix": "/shout",
+            "handler": "python",
+            "function": "tests.handlers_for_tests:shout",
+        },
+        {
+            "name": "rev",
+            "prefix": "/rev",
+            "handler": "python",
+            "function": "tests.handlers_for_tests:reverse",
+        },
+        {"name": "quiet", "chat_kind": "channel", "handler": "ignore"},
+        {"name": "echo", "handler": "echo"},
+    ]
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
+    async with Running(config, notify_path):
+        await sim.wait_ready(t(5))
+        ids = {
+            "cmd": await sim.send_message("group", "/cmd deploy staging", author="U7", chat="G1"),
+            "shout": await sim.send_message("c2c", "/shout hello", author="U7"),
+            "rev": await sim.send_message("c2c", "/rev abc", author="U7"),
+            "echo": await sim.send_message("c2c", "/rev2 is not /rev", author="U7"),
+            "quiet": await sim.send_message("channel", "nothing to say", author="U7"),
+        }
+        await sim.wait_until(
+            lambda: all(sim.replies_to(ids[k]) for k in ("cmd", "shout", "rev", "echo")),
+            t(10),
+            "four replies",
+        )
+    assert (
+        reply_text(sim, ids["cmd"])
+        == "cmd got 'deploy staging' from U7 in group; secret leaked: False"
+    )
+    assert reply_text(sim, ids["shout"]) == "/SHOUT HELLO"
+    assert reply_text(sim, ids["rev"]) == "cba ver/"
+    assert reply_text(sim, ids["echo"]) == "/rev2 is not /rev"
+    assert sim.replies_to(ids["quiet"]) == []
+    by_route = {r["name"]: r for r in runs(config)}
+    assert {k: (v["status"], v["trigger"], v["message_id"]) for k, v in by_route.items()} == {
+        "cmd": ("ok", "message", ids["cmd"]),
+        "shout": ("ok", "message", ids["shout"]),
+        "rev": ("ok", "message", ids["rev"]),
+        "echo": ("ok", "message", ids["echo"]),
+        "quiet": ("ok", "message", ids["quiet"]),
+    }
+    assert all(row["status"] == "delivered" for row in outbox(config))
+
+
+async def test_failing_handlers_are_recorded_and_send_nothing(tmp_path, sim, notify_path):
+    routes: list[dict[str, Any]] = [
+        {
+            "name": "bad-cmd",
+            "prefix": "/bad",
+            "handler": "command",
+            "command": [
+                sys.executable,
+                "-c",
+                "import sys; print('partial'); sys.stderr.write('disk full'); sys.exit(3)",
+            ],
+        },
+        {
+            "name": "bad-type",
+            "prefix": "/type",
+            "handler": "python",
+            "function": "tests.handlers_for_tests:wrong_type",
+        },
+        {
+            "name": "missing",
+            "prefix": "/missing",
+            "handler": "command",
+            "command": ["/nonexistent/tool"],
+        },
+    ]
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
+    async with Running(config, notify_path) as running:
+        await sim.wait_ready(t(5))
+        for text in ("/bad", "/type", "/missing"):
+            await sim.send_message("c2c", text)
+        runner = running.gw.runner
+        assert runner is not None
+        await notify_path.until(lambda: runner.completed >= 3, t(10), "three runs")
+    by_route = {r["name"]: r for r in runs(config)}
+    assert by_route["bad-cmd"]["status"] == "error"
+    assert "failed (exit status 3): disk full" in by_route["bad-cmd"]["error"]
+    assert by_route["bad-cmd"]["output"] == "partial"
+    assert "returned int, expected str or None" in by_route["bad-type"]["error"]
+    assert "cannot start '/nonexistent/tool'" in by_route["missing"]["error"]
+    assert sim.sent == []
+
+
+async def test_a_hanging_handler_times_out_while_pings_and_other_platforms_go_on(
+    tmp_path, sim, notify_path, monkeypatch
+):
+    pidfile = tmp_path / "pid"
+    async with QQSimulator(heartbeat_interval=0.2) as other:
+        monkeypatch.setenv("QQ_OTHER_SECRET", other.client_secret)
+        routes: list[dict[str, Any]] = [
+            {
+                "name": "hang",
+                "platform": "qq-a",
+                "prefix": "/hang",
+                "handler": "python",
+                "function": "tests.handlers_for_tests:hang",
+                "timeout": 1.0,
+            },
+            {
+                "name": "sleep",
+                "platform": "qq-a",
+                "prefix": "/sleep",
+                "handler": "command",
+                "command": ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"],
+                "timeout": 1.0,
+            },
+            {"name": "echo", "platform": "qq-b", "handler": "echo"},
+        ]
+        platforms = {"qq-a": qq(sim), "qq-b": {**qq(other), "client_secret": "env:QQ_OTHER_SECRET"}}
+        config = write_config(tmp_path, platforms, tick=TICK, routes=routes)
+        async with Running(config, notify_path) as running:
+            await sim.wait_ready(t(5))
+            await other.wait_ready(t(5))
+            await sim.send_message("c2c", "/hang")
+            await sim.send_message("c2c", "/sleep")
+            hung_at = asyncio.get_running_loop().time()
+            # The other platform keeps flowing while both handlers hang ...
+            ids = [await other.send_message("c2c", f"still here {i}") for i in range(3)]
+            await other.wait_until(
+                lambda: all(other.replies_to(i) for i in ids), t(0.9), "echoes during the hang"
+            )
+            # ... and the watchdog keeps pinging.
+            await notify_path.wait_for(
+                lambda d: d.fields.get("WATCHDOG") == "1" and d.at > hung_at,
+                t(0.5),
+                "a ping during the hang",
+            )
+            runner = running.gw.runner
+            assert runner is not None
+            await notify_path.until(lambda: runner.completed >= 5, t(10), "the hanging runs to end")
+        by_route = {r["name"]: r for r in runs(config) if r["name"] != "echo"}
+    assert {k: v["status"] for k, v in by_route.items()} == {"hang": "timeout", "sleep": "timeout"}
+    assert "time limit of 1 s reached" in by_route["hang"]["error"]
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the command's process group was killed
+
+
+async def test_route_concurrency_is_limited(tmp_path, sim, notify_path):
+    routes: list[dict[str, Any]] = [
+        {
+            "name": "one-at-a-time",
+            "handler": "python",
+            "function": "tests.handlers_for_tests:blocking_sleep",
+            "concurrency": 1,
+        }
+    ]
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
+    async with Running(config, notify_path):
+        await sim.wait_ready(t(5))
+        ids = [await sim.send_message("c2c", f"m{i}") for i in range(3)]
+        await sim.wait_until(lambda: all(sim.replies_to(i) for i in ids), t(10), "three replies")
+    spans = sorted((r["started_at"], r["finished_at"]) for r in runs(config))
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end  # never two at once
+
+
+# -- the outbox
+
+
+async def test_replies_for_a_platform_that_is_down_wait_and_go_out_when_it_is_back(
+    tmp_path, sim, notify_path
+):
+    routes: list[dict[str, Any]] = [
+        {"name": "slow", "handler": "python", "function": "tests.handlers_for_tests:slow"}
+    ]
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
+    async with Running(config, notify_path) as running:
+        await sim.wait_ready(t(5))
+        mid = await sim.send_message("c2c", "are you there?")
+        await sim.refuse_connections()  # the platform goes down while the handler works
+        record = running.gw.board["qq"]
+        await notify_path.until(
+            lambda: any(r["status"] == "pending" for r in outbox(config)), t(5), "the reply queued"
+        )
+        assert record.declared.value == "reconnecting"
+        assert sim.replies_to(mid) == []
+        await sim.accept_connections()
+        await sim.wait_until(lambda: sim.replies_to(mid), t(10), "the reply after reconnecting")
+    assert reply_text(sim, mid) == "slow reply to are you there?"
+    (row,) = outbox(config)
+    assert row["status"] == "delivered"
+
+
+async def test_replies_past_the_platforms_reply_window_expire(
+    tmp_path, sim, notify_path, monkeypatch
+):
+    monkeypatch.setitem(
+        qq_adapter.REPLY_WINDOWS,
+        "c2c",
+        1.0,
+    )
+    routes: list[dict[str, Any]] = [
+        {"name": "slow", "handler": "python", "function": "tests.handlers_for_tests:slow"}
+    ]
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
+    async with Running(config, notify_path):
+        await sim.wait_ready(t(5))
+        mid = await sim.send_message("c2c", "too late")
+        await sim.refuse_connections()
+        await notify_path.until(
+            lambda: any(r["status"] == "expired" for r in outbox(config)),
+            t(10),
+            "the reply expired",
+        )
+        await sim.accept_connections()
+        await sim.wait_ready(t(5), count=2)
+    (row,) = outbox(config)
+    assert (row["status"], row["last_error"]) == ("expired", "past the platform's reply window")
+    assert sim.replies_to(mid) == []
+
+
+async def test_a_burst_of_replies_survives_sigkill_and_none_is_shown_twice(tmp_path, sim):
+    routes: list[dict[str, Any]] = [
+        {"name": "answer", "handler": "python", "function": "tests.handlers_for_tests:answer"}
+    ]
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
+    env = {"QQ_SECRET": sim.client_secret}
+    sim.delays["message"] = 0.05  # replies take a moment: some are in flight when the kill comes
+    first = await GatewayProcess(config, env).start()
+    try:
+        await sim.wait_ready(t(15))
+        ids = [await sim.send_message("c2c", f"burst {i}") for i in range(30)]
+        await sim.wait_until(
+            lambda: sum(bool(sim.replies_to(i)) for i in ids) >= 5, t(15), "some replies"
+        )
+        first.signal(signal.SIGKILL)
+        assert await first.wait(t(10)) == -signal.SIGKILL
+    finally:
+        await first.kill()
+    queued = outbox(config)
+    assert queued, "replies were in the outbox at the kill"
+    second = await GatewayProcess(config, env).start()
+    try:
+
+        async def all_settled() -> None:
+            # Another process writes these rows: there is nothing to await but the rows.
+            while any(r["status"] in ("pending", "sending") for r in outbox(config)):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(all_settled(), t(30))
+        second.signal(signal.SIGTERM)
+        assert await second.wait(t(15)) == 0
+    finally:
+        await second.kill()
+    rows = outbox(config)
+    assert {r["status"] for r in rows} == {"delivered"}
+    accepted: dict[str, int] = {}
+    for m in sim.sent:
+        if m.status == 200:
+            accepted[m.body["msg_id"]] = accepted.get(m.body["msg_id"], 0) + 1
+    assert all(n == 1 for n in accepted.values()), accepted
+    assert {r["reply_to"] for r in rows} <= set(accepted)
+
+
+# -- scheduled jobs
+
+
+async def test_a_scheduled_job_fires_on_time_and_sends_to_its_targets(tmp_path, sim, notify_path):
+    jobs = [
+        {
+            "name": "tick",
+            "interval": 0.5,
+            "action": "send",
+            "text": "scheduled hello",
+            "targets": ["qq:c2c:U1", "qq:group:G9"],
+        }
+    ]
+    config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, jobs=jobs)
+    async with Running(config, notify_path):
+        await sim.wait_ready(t(5))
+        await sim.wait_until(lambda: len(sim.sent) >= 6, t(10), "three runs to two targets")
+    job_runs = [r for r in runs(config) if r["name"] == "tick" and r["status"] == "ok"]
+    assert len(job_runs) >= 3
+    for r in job_runs:
+        assert r["trigger"] == "schedule"
+        assert 0 <= (r["started_at"] - r["scheduled_for"]).total_seconds() < 0.5
+    targets = {(m.kind, m.target) for m in sim.sent}
+    assert targets == {("c2c", "U1"), ("group", "G9")}
+    assert all(m.body == {"content": "scheduled hello", "msg_type": 0} for m in sim.sent)
+
+
+@pytest.mark.parametrize("coalesce", [False, True])
+async def test_jobs_survive_a_restart_without_double_firing_and_misses_follow_the_policy(
+    tmp_path, notify_path, coalesce
+):
+    job = {
+        "name": "beat",
+        "interval": 0.5,
+        "action": "python",
+        "function": "tests.handlers_for_tests:report",
+        "targets": ["demo:c2c:nobody"],
+        "misfire_grace_time": 0.2,
+        "coalesce": coalesce,
+    }
+    config = write_config(tmp_path, {"demo": {"adapter": "demo"}}, tick=TICK, jobs=[job])
+    async with Running(config, notify_path):
+        await notify_path.until(
+            lambda: len([r for r in runs(config) if r["status"] == "ok"]) >= 3, t(10), "three runs"
+        )
+    stopped = max(r["scheduled_for"] for r in runs(config))
+    await asyncio.sleep(1.6)  # the gateway is down while slots go by: time itself is the input
+    async with Running(config, notify_path):
+        restarted = now = datetime.now(UTC)
+        await notify_path.until(
+            lambda: any(r["status"] == "ok" and r["scheduled_for"] > now for r in runs(config)),
+            t(10),
+            "a run after the restart",
+        )
+    all_runs = runs(config)
+    slots = [r["scheduled_for"] for r in all_runs]
+    assert len(slots) == len(set(slots))  # no slot ran twice
+    down = [r for r in all_runs if stopped < r["scheduled_for"] <= restarted]
+    missed = [r for r in down if r["status"] == "missed"]
+    if coalesce:
+        assert len(down) == 1  # the whole stretch became one run, missed or (just in grace) late
+    else:
+        assert len(missed) >= 2  # every slot that passed while down is recorded
+        assert all("misfire grace 0.2 s" in r["error"] for r in missed)
+    assert all(
+        r["output"] == "report from beat (schedule)" for r in all_runs if r["status"] == "ok"
+    )
+
+
+async def test_jobs_cli_runs_pauses_and_resumes_against_a_running_gateway(tmp_path, notify_path):
+    jobs = [
+        {
+            "name": "daily",
+            "cron": "0 9 * * *",
+            "action": "python",
+            "function": "tests.handlers_for_tests:report",
+            "targets": ["demo:c2c:nobody"],
+        }
+    ]
+    config = write_config(
+        tmp_path,
+        {"demo": {"adapter": "demo"}},
+        tick=TICK,
+        jobs=jobs,
+        extra="[runner]\nrequest_poll = 0.1\n",
+    )
+    async with Running(config, notify_path):
+        run = await asyncio.to_thread(
+            run_cli,
+            HERMES,
+            "jobs",
+            "--config",
+            str(config),
+            "run",
+            "daily",
+            "--wait",
+            "--timeout",
+            "10",
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "report from daily (manual)" in run.stdout
+        paused = await asyncio.to_thread(
+            run_cli, HERMES, "jobs", "--config", str(config), "pause", "daily"
+        )
+        assert paused.returncode == 0, paused.stderr
+        listed = await asyncio.to_thread(run_cli, HERMES, "jobs", "--config", str(config), "list")
+        assert "paused" in listed.stdout
+        resumed = await asyncio.to_thread(
+            run_cli, HERMES, "jobs", "--config", str(config), "resume", "daily"
+        )
+        assert resumed.returncode == 0
+        listed = await asyncio.to_thread(run_cli, HERMES, "jobs", "--config", str(config), "list")
+        assert "paused" not in listed.stdout
+        assert "09:00:00" in listed.stdout
+        history = await asyncio.to_thread(
+            run_cli, HERMES, "jobs", "--config", str(config), "history", "daily"
+        )
+        assert "manual" in history.stdout
+        unknown = await asyncio.to_thread(
+            run_cli, HERMES, "jobs", "--config", str(config), "run", "nightly"
+        )
+        assert unknown.returncode == 2
+        assert "no job named 'nightly'" in unknown.stderr
+
+
+# -- configuration
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            '[[routes]]\nhandler = "telepathy"\n',
+            "routes[1].handler: Input should be 'echo', 'command', 'python' or 'ignore'",
+        ),
+        ('[[routes]]\nhandler = "command"\n', 'routes[1]: handler "command" needs command'),
+        (
+            '[[routes]]\nhandler = "python"\nfunction = "nowhere.module:fn"\n',
+            "cannot import 'nowhere.module'",
+        ),
+        (
+            '[[routes]]\nplatform = "tg"\nhandler = "echo"\n',
+            "routes[1].platform: unknown platform 'tg'",
+        ),
+        (
+            '[[jobs]]\nname = "j"\ncron = "61 * * * *"\naction = "send"\ntext = "x"\ntargets = ["demo:c2c:u"]\n',
+            "jobs[1]: bad cron expression '61 * * * *'",
+        ),
+        (
+            '[[jobs]]\nname = "j"\ninterval = 5\naction = "send"\ntext = "x"\ntargets = ["tg:c2c:u"]\n',
+            "jobs[1].targets: unknown platform 'tg'",
+        ),
+        (
+            '[[jobs]]\nname = "j"\ninterval = 5\ncron = "* * * * *"\naction = "send"\ntext = "x"\ntargets = ["demo:c2c:u"]\n',
+            "give exactly one of cron, interval or date (got cron, interval)",
+        ),
+        (
+            '[[jobs]]\nname = "j"\ninterval = 5\naction = "send"\ntext = "x"\ntargets = ["nonsense"]\n',
+            "is not 'platform:chat-kind:id'",
+        ),
+    ],
+)
+def test_bad_routes_and_jobs_are_rejected_at_start_with_exit_78(tmp_path, extra, message):
+    config = write_config(tmp_path, {"demo": {"adapter": "demo"}}, extra=extra)
+    result = run_cli(HERMES, "run", "--config", str(config))
+    assert result.returncode == 78
+    assert message in result.stderr, result.stderr
+    assert not (tmp_path / "state").exists()
