@@ -17,7 +17,7 @@ import pytest
 
 from hermes.adapters.qqbot import QQBotAdapter, QQBotSettings
 from hermes.adapters.qqbot.simulator import QQSimulator
-from hermes.errors import QQRateLimited, SendError
+from hermes.errors import AlreadyDelivered, QQRateLimited, SendError
 from hermes.messages import InboundMessage, OutboundMessage
 from tests.support.timing import t
 from watchdog.heartbeat import HeartbeatBoard, PlatformPolicy, PlatformRecord
@@ -535,3 +535,13 @@ async def test_close_during_the_opening_handshake_still_stops_promptly(sim):
         assert bot.record.declared is DeclaredState.STOPPED
     finally:
         await bot.stop()
+
+
+async def test_a_retried_reply_with_its_fixed_seq_is_recognised_as_already_delivered(sim, bot):
+    await sim.wait_ready(t(5))
+    mid = await sim.send_message("group", "hi", chat="G")
+    reply = OutboundMessage("group", "G", "answer", reply_to=mid, reply_seq=1)
+    await bot.adapter.send(reply)
+    with pytest.raises(AlreadyDelivered, match=f"already has reply 1 to {mid}"):
+        await bot.adapter.send(reply)  # the same reply again, as after a crash
+    assert [m.status for m in sim.sent] == [200, 400]

@@ -554,3 +554,38 @@ def test_bad_routes_and_jobs_are_rejected_at_start_with_exit_78(tmp_path, extra,
     assert result.returncode == 78
     assert message in result.stderr, result.stderr
     assert not (tmp_path / "state").exists()
+
+
+async def test_reload_adds_changes_and_removes_jobs_in_the_job_store(tmp_path, notify_path):
+    def job(name: str, **kw: Any) -> dict[str, Any]:
+        return {"name": name, "action": "send", "text": "x", "targets": ["demo:c2c:u"], **kw}
+
+    config = write_config(
+        tmp_path,
+        {"demo": {"adapter": "demo"}},
+        tick=TICK,
+        jobs=[
+            job("keep", cron="0 9 * * *"),
+            job("change", cron="0 10 * * *"),
+            job("drop", cron="0 11 * * *"),
+        ],
+    )
+    async with Running(config, notify_path) as running:
+        jobs = running.gw.jobs
+        assert jobs is not None
+        before = {j.id: j.next_run_time for j in jobs.scheduler.get_jobs()}
+        write_config(
+            tmp_path,
+            {"demo": {"adapter": "demo"}},
+            tick=TICK,
+            jobs=[
+                job("keep", cron="0 9 * * *"),
+                job("change", cron="30 10 * * *"),
+                job("new", interval=3600),
+            ],
+        )
+        assert await running.gw.reload()
+        after = {j.id: j.next_run_time for j in jobs.scheduler.get_jobs()}
+    assert set(after) == {"keep", "change", "new"}
+    assert after["keep"] == before["keep"]
+    assert (after["change"].hour, after["change"].minute) == (10, 30)

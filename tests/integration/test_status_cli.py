@@ -370,3 +370,56 @@ def test_status_after_a_real_gateway_died_names_the_reason(tmp_path):
         line.startswith("bot") and "fatal" in line and "adapter_exited" in line
         for line in result.stdout.splitlines()
     )
+
+
+def seed_runs(
+    url: str,
+    statuses: list[str],
+    *,
+    failed_messages: int = 0,
+    name: str = "deploy",
+    kind: str = "route",
+) -> None:
+    from hermes.ledger import Ledger, Outgoing
+
+    store = StateStore(url)
+    try:
+        ledger = Ledger(store.engine)
+        for status in statuses:
+            rid = ledger.start_run(kind=kind, name=name, trigger="message")
+            assert rid is not None
+            ledger.finish_run(rid, status, error=None if status == "ok" else f"{status}: disk full")
+        ledger.enqueue([Outgoing(f"k{i}", "qq", "c2c", "U", "x") for i in range(failed_messages)])
+        for row in ledger.claim(["qq"], failed_messages):
+            ledger.failed(row.id, "gave up")
+    finally:
+        store.close()
+
+
+def test_a_route_failing_repeatedly_shows_as_degraded(sqlite_url):
+    seed(sqlite_url, [{"platform": "qq"}])
+    seed_runs(sqlite_url, ["ok", "error", "timeout", "error"])
+    result = status(sqlite_url)
+    assert result.returncode == 1
+    assert result.stdout.startswith(
+        "WARNING: route deploy failing (3 failures in the last hour, last: error)"
+    )
+    assert "ROUTE/JOB" in result.stdout
+    assert "error: disk full" in result.stdout
+    doc = json.loads(status(sqlite_url, "--json").stdout)
+    assert doc["jobs"][0]["failures"] == 3
+
+
+def test_a_route_that_failed_but_recovered_is_ok(sqlite_url):
+    seed(sqlite_url, [{"platform": "qq"}])
+    seed_runs(sqlite_url, ["error", "error", "error", "ok"])
+    assert status(sqlite_url).returncode == 0
+
+
+def test_failed_outgoing_messages_show_as_degraded(sqlite_url):
+    seed(sqlite_url, [{"platform": "qq"}])
+    seed_runs(sqlite_url, ["ok"], failed_messages=1)
+    result = status(sqlite_url)
+    assert result.returncode == 1
+    assert "1 outgoing messages failed in the last hour" in result.stdout
+    assert "outbox: 0 pending, 0 sending; last hour: 1 failed, 0 expired" in result.stdout
