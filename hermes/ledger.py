@@ -358,39 +358,27 @@ class Ledger:
     def delivered(
         self, row_id: int, platform_message_id: str | None, note: str | None = None
     ) -> None:
-        now = now_utc()
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id)
-                .values(
-                    status="delivered",
-                    delivered_at=now,
-                    updated_at=now,
-                    platform_message_id=platform_message_id,
-                    last_error=note,
-                )
-            )
+        self._settle(
+            row_id,
+            status="delivered",
+            delivered_at=now_utc(),
+            platform_message_id=platform_message_id,
+            last_error=note,
+        )
 
     def retry_later(self, row_id: int, error: str, at: datetime) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id)
-                .values(
-                    status="pending",
-                    next_attempt_at=at,
-                    last_error=clip(error, ERROR_LIMIT),
-                    updated_at=now_utc(),
-                )
-            )
+        self._settle(
+            row_id, status="pending", next_attempt_at=at, last_error=clip(error, ERROR_LIMIT)
+        )
 
     def failed(self, row_id: int, error: str) -> None:
+        self._settle(row_id, status="failed", last_error=clip(error, ERROR_LIMIT))
+
+    def _settle(self, row_id: int, **values: Any) -> None:
+        """The outcome of one delivery attempt."""
         with self.engine.begin() as conn:
             conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id)
-                .values(status="failed", last_error=clip(error, ERROR_LIMIT), updated_at=now_utc())
+                update(outbox).where(outbox.c.id == row_id).values(updated_at=now_utc(), **values)
             )
 
     def next_due(self, platforms: Iterable[str]) -> datetime | None:
