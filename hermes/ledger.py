@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from watchdog.schema import job_runs, outbox
 from watchdog.tasks import describe_exception
 
+REQUEST_MAX_AGE = timedelta(minutes=10)
 OUTPUT_LIMIT = 4000
 ERROR_LIMIT = 2000
 TERMINAL = ("ok", "error", "timeout", "cancelled", "missed")
@@ -166,9 +167,22 @@ class Ledger:
             conn.execute(insert(job_runs).values(row))
         return rid
 
-    def claim_requests(self) -> list[tuple[str, str]]:
-        """Requested runs, now marked running by this instance: ``(run id, job name)``."""
+    def claim_requests(self, max_age: timedelta = REQUEST_MAX_AGE) -> list[tuple[str, str]]:
+        """Requested runs, now marked running by this instance: ``(run id, job name)``.
+
+        A request older than ``max_age`` is closed as ``cancelled`` instead: nobody wants a
+        ``hermes jobs run`` from yesterday to fire when a gateway finally starts."""
+        now = now_utc()
         with self.engine.begin() as conn:
+            conn.execute(
+                update(job_runs)
+                .where(job_runs.c.status == "requested", job_runs.c.requested_at < now - max_age)
+                .values(
+                    status="cancelled",
+                    finished_at=now,
+                    error=f"expired: no gateway picked the request up within {max_age.total_seconds():.0f} s",
+                )
+            )
             rows = conn.execute(
                 select(job_runs.c.id, job_runs.c.name)
                 .where(job_runs.c.status == "requested")

@@ -129,3 +129,12 @@ def test_prune_deletes_only_settled_history_past_retention(ledger):
     assert ledger.prune(timedelta(seconds=-1), timedelta(seconds=-1)) == (1, 0)
     assert ledger.run(running) is not None
     assert ledger.run(done) is None
+
+
+def test_a_request_nobody_picked_up_in_time_is_cancelled_not_run_later(ledger):
+    rid = ledger.request_run("daily")
+    assert ledger.claim_requests(max_age=timedelta(seconds=-1)) == []
+    row = ledger.run(rid)
+    assert row is not None
+    assert row["status"] == "cancelled"
+    assert "no gateway picked the request up" in row["error"]
