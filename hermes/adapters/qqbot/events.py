@@ -17,13 +17,15 @@ MESSAGE_EVENTS = {
 
 def _str(d: dict[str, Any], key: str, event: str) -> str:
     value = d.get(key)
-    if not isinstance(value, str | int) or value == "":
-        raise ValueError(f"{event}: missing or empty {key!r}")
-    return str(value)
+    if type(value) is str and value:  # the usual case, checked the cheap way (hot path)
+        return value
+    if type(value) is int:
+        return str(value)
+    raise ValueError(f"{event}: missing or empty {key!r}")
 
 
 def _timestamp(raw: Any) -> datetime | None:
-    if not isinstance(raw, str) or not raw:
+    if type(raw) is not str or not raw:
         return None
     try:
         return datetime.fromisoformat(raw)

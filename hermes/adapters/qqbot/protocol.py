@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
+import orjson
+
 from hermes.errors import QQMalformedFrame, QQProtocolError
 
 
@@ -54,7 +56,7 @@ class Frame:
 def decode(raw: str | bytes) -> Frame:
     """Parse one payload; :class:`QQMalformedFrame` says what is wrong with it."""
     try:
-        obj = json.loads(raw)
+        obj = orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise QQMalformedFrame(f"frame is not JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -121,7 +123,7 @@ class Ready:
     user: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per event, and frozen dataclasses are slow to build
 class Dispatch:
     t: str
     d: Any
@@ -183,6 +185,22 @@ class Connection:
         self.zombie = False
 
     def receive(self, raw: str | bytes) -> list[Action]:
+        # The hot path: a dispatched event (nearly every frame), checked as decode() would,
+        # without building a Frame first.
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict and obj.get("op") == 0 and type(obj.get("op")) is int:
+            t = obj.get("t")
+            s = obj.get("s")
+            if type(t) is str and t not in ("READY", "RESUMED") and (s is None or type(s) is int):
+                if s is not None:
+                    seq = self.session.seq
+                    if seq is None or s > seq:
+                        self.session.seq = s
+                fid = obj.get("id")
+                return [Dispatch(t, obj.get("d"), s, fid if type(fid) is str else None)]
         frame = decode(raw)
         op = frame.op
         if op == Op.DISPATCH:

@@ -39,6 +39,7 @@ EVENTS = {
     "channel": "AT_MESSAGE_CREATE",
     "dm": "DIRECT_MESSAGE_CREATE",
 }
+BOT_USER = {"id": "6158788878435714165", "username": "hermes-sim-bot"}
 INTENT_OF = {"c2c": 1 << 25, "group": 1 << 25, "channel": 1 << 30, "dm": 1 << 12}
 
 
@@ -355,7 +356,7 @@ class QQSimulator:
             "d": {
                 "version": 1,
                 "session_id": self.session.session_id,
-                "user": {"id": "6158788878435714165", "username": "hermes-sim-bot", "bot": True},
+                "user": dict(BOT_USER, bot=True),
                 "shard": shard,
             },
         }
@@ -580,7 +581,7 @@ class QQSimulator:
         self.api_requests.append((method, path))
         if method == "POST" and path == "/app/getAppAccessToken":
             endpoint = "token"
-        elif method == "GET" and path in ("/gateway", "/gateway/bot"):
+        elif method == "GET" and path in ("/gateway", "/gateway/bot", "/users/@me"):
             endpoint = "gateway"
         elif method == "POST" and path.endswith("/messages"):
             endpoint = "message"
@@ -616,6 +617,17 @@ class QQSimulator:
         if endpoint == "gateway":
             if path == "/gateway":
                 return 200, {"url": self.gateway_url}, True
+            if path == "/users/@me":  # the official SDK asks at login
+                return (
+                    200,
+                    {
+                        "id": BOT_USER["id"],
+                        "username": BOT_USER["username"],
+                        "avatar": "",
+                        "bot": True,
+                    },
+                    True,
+                )
             limit = {
                 "total": 1500,
                 "remaining": 1500,
@@ -783,3 +795,51 @@ def config_snippet(sim: QQSimulator, platform: str = "qq-sim") -> str:
         f'token_url = "{sim.token_url}"\n'
         f'handler = "echo"\n'
     )
+
+
+# -- floods, for benchmarks
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unmasked server-to-client text frame (RFC 6455)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+def prepare_flood(
+    sim: QQSimulator, kind: str, count: int, text: str = "flood"
+) -> tuple[bytes, list[str]]:
+    """``count`` message events of ``kind`` as ready-to-write WebSocket frames, in the current
+    session (their seqs reserved); returns the bytes and the message ids."""
+    session = sim.session
+    if session is None:
+        raise RuntimeError("no session: the bot has not identified")
+    event = EVENTS[kind]
+    frames = []
+    ids = []
+    now = sim.clock()
+    for i in range(count):
+        d = sim.message_payload(kind, f"{text} {i}", message_id=f"FLOOD_{session.seq + 1}_{i}")
+        session.seq += 1
+        payload = json.dumps(
+            {"op": 0, "s": session.seq, "t": event, "id": f"{event}:{i}", "d": d},
+            ensure_ascii=False,
+        )
+        frames.append(ws_text_frame(payload.encode("utf-8")))
+        sim.messages[d["id"]] = (kind, now)
+        ids.append(d["id"])
+    return b"".join(frames), ids
+
+
+def write_raw(sim: QQSimulator, data: bytes) -> None:
+    """Write pre-encoded frames to the current connection in one go."""
+    conn = sim.current
+    if conn is None:
+        raise RuntimeError("no open connection")
+    conn.ws.transport.write(data)

@@ -1,0 +1,251 @@
+"""Message throughput and latency through the QQ adapter, against the official SDK (qq-botpy).
+
+Both clients run in processes of their own against the same simulator on 127.0.0.1 and the
+same event stream: group @-messages, written by the simulator as pre-encoded frames in bulk.
+The simulator's own ceiling (a client that parses nothing) is measured beside them.
+
+- receive: messages per second received and parsed, each delivered to a handler.
+- end to end: each message answered. hermes goes the durable way (route, ``job_runs`` row,
+  outbox row in SQLite, HTTP reply); botpy replies directly from its handler. Burst
+  throughput, and latency (p50/p99) at a steady 100 messages per second.
+
+Target: hermes at least 1.5 times botpy's receive throughput, and lower latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, Section, median
+
+from hermes.adapters.qqbot.simulator import QQSimulator, prepare_flood, write_raw
+from tests.support.configs import write_config
+from tests.support.proc import GatewayProcess, child_env
+
+BOTPY = REPO / ".venv-botpy" / "bin" / "python"
+CLIENTS = REPO / "bench" / "clients"
+
+
+async def _client(
+    argv: list[str], sim: QQSimulator, count: int, reply: bool = False
+) -> asyncio.subprocess.Process:
+    args = [*argv, sim.api_base, sim.token_url, sim.app_id, sim.client_secret, str(count)] + (
+        ["reply"] if reply else []
+    )
+    return await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=child_env()
+    )
+
+
+async def _done(proc: asyncio.subprocess.Process, limit: float) -> float:
+    assert proc.stdout is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), limit)).decode()
+        if not line:
+            raise RuntimeError("client ended without finishing")
+        if line.startswith("DONE"):
+            return float(line.split()[2])
+
+
+async def receive_rate(client: list[str], count: int) -> float:
+    """Messages per second from the first byte written to the client's last message."""
+    async with QQSimulator(heartbeat_interval=30) as sim:
+        proc = await _client(client, sim, count)
+        try:
+            await sim.wait_ready(60)
+            data, _ = prepare_flood(sim, "group", count)
+            start = time.monotonic()
+            write_raw(sim, data)
+            end = await _done(proc, 120)
+        finally:
+            await _stop(proc)
+    return count / (end - start)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """A client may take its time to close (botpy's close() from a handler does not end its
+    run loop); only its DONE time matters, so it gets 5 s and is then killed."""
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def ceiling(count: int) -> float:
+    async with QQSimulator(heartbeat_interval=30) as sim:
+        token = await _token(sim)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(CLIENTS / "raw_reader.py"), sim.gateway_url, token,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=child_env(),
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            await asyncio.wait_for(proc.stdout.readline(), 30)  # READY
+            data, _ = prepare_flood(sim, "group", count)
+            proc.stdin.write(f"{len(data)}\n".encode())
+            await proc.stdin.drain()
+            start = time.monotonic()
+            write_raw(sim, data)
+            end = await _done(proc, 120)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+    return count / (end - start)
+
+
+async def _token(sim: QQSimulator) -> str:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            sim.token_url, json={"appId": sim.app_id, "clientSecret": sim.client_secret}
+        )
+    return str(answer.json()["access_token"])
+
+
+async def end_to_end_botpy(burst: int, steady: int) -> tuple[float, list[float]]:
+    async with QQSimulator(heartbeat_interval=30) as sim:
+        proc = await _client(
+            [str(BOTPY), str(CLIENTS / "botpy_client.py")], sim, burst + steady, reply=True
+        )
+        try:
+            await sim.wait_ready(60)
+            rate, latencies = await _drive(sim, burst, steady)
+        finally:
+            proc.kill()
+            await proc.wait()
+    return rate, latencies
+
+
+async def end_to_end_hermes(burst: int, steady: int) -> tuple[float, list[float]]:
+    async with QQSimulator(heartbeat_interval=30) as sim:
+        with tempfile.TemporaryDirectory() as tmp:
+            qq = {
+                "adapter": "qqbot",
+                **sim.adapter_settings(
+                    client_secret="env:QQ_SECRET",
+                    handler_queue=100_000,
+                    intents=["GROUP_AND_C2C_EVENT"],
+                ),
+            }
+            config = write_config(
+                Path(tmp),
+                {"qq": qq},
+                tick=1.0,
+                gateway={"log_level": "WARNING"},
+                routes=[{"handler": "echo", "concurrency": 64}],
+                extra="[runner]\nmax_concurrency = 64\n[outbox]\nbatch = 500\npoll_interval = 0.05\n",
+            )
+            gw = await GatewayProcess(config, {"QQ_SECRET": sim.client_secret}).start()
+            try:
+                await sim.wait_ready(60)
+                rate, latencies = await _drive(sim, burst, steady)
+            finally:
+                await gw.kill()
+    return rate, latencies
+
+
+async def _drive(sim: QQSimulator, burst: int, steady: int) -> tuple[float, list[float]]:
+    """A burst (throughput), then a steady 100 messages/s (latency)."""
+    data, _ = prepare_flood(sim, "group", burst)
+    start = time.monotonic()
+    write_raw(sim, data)
+    await sim.wait_until(lambda: len(sim.sent) >= burst, 300, "burst replies")
+    rate = burst / (max(m.at for m in sim.sent) - start)
+    sent_at: dict[str, float] = {}
+    for i in range(steady):
+        mid = await sim.send_message("group", f"steady {i}", chat="G1")
+        sent_at[mid] = time.monotonic()
+        await asyncio.sleep(0.01)
+    await sim.wait_until(lambda: len(sim.sent) >= burst + steady, 120, "steady replies")
+    latencies = [
+        m.at - sent_at[m.body["msg_id"]] for m in sim.sent if m.body.get("msg_id") in sent_at
+    ]
+    return rate, latencies
+
+
+def run(quick: bool = False) -> Section:
+    count = 20_000 if quick else 100_000
+    repeats = 1 if quick else 3
+    burst, steady = (500, 100) if quick else (2_000, 300)
+    s = Section(
+        "Message throughput and latency (QQ group messages)",
+        [
+            "client",
+            "receive, msg/s (median of runs)",
+            "end to end burst, replies/s",
+            "latency p50 / p99 at 100 msg/s",
+        ],
+        notes=[
+            f"receive: {count:,} messages per run, {repeats} run(s); end to end: a burst of {burst:,}, then {steady} at 100/s."
+        ],
+    )
+    ceil = [asyncio.run(ceiling(count)) for _ in range(repeats)]
+    s.add("simulator ceiling (client parses nothing)", f"{median(ceil):,.0f}", "", "")
+    ours = [
+        asyncio.run(receive_rate([sys.executable, str(CLIENTS / "hermes_client.py")], count))
+        for _ in range(repeats)
+    ]
+    rate, lat = asyncio.run(end_to_end_hermes(burst, steady))
+    s.add(
+        "hermes (durable: job_runs + outbox in SQLite)",
+        f"{median(ours):,.0f}",
+        f"{rate:,.0f}",
+        f"{median(lat) * 1000:.1f} / {_p99(lat) * 1000:.1f} ms",
+    )
+    s.data.update(ceiling=ceil, hermes_receive=ours, hermes_e2e_rate=rate, hermes_latencies=lat)
+    if BOTPY.exists():
+        theirs = [
+            asyncio.run(receive_rate([str(BOTPY), str(CLIENTS / "botpy_client.py")], count))
+            for _ in range(repeats)
+        ]
+        brate, blat = asyncio.run(end_to_end_botpy(burst, steady))
+        s.add(
+            "qq-botpy 1.2.1 (replies directly, nothing stored)",
+            f"{median(theirs):,.0f}",
+            f"{brate:,.0f}",
+            f"{median(blat) * 1000:.1f} / {_p99(blat) * 1000:.1f} ms",
+        )
+        ratio = median(ours) / median(theirs)
+        s.add(
+            "ratio hermes / botpy",
+            f"{ratio:.2f}x",
+            f"{rate / brate:.2f}x",
+            f"p50 {median(lat) / median(blat):.2f}x",
+        )
+        s.notes.append(
+            "Target: receive at least 1.5x botpy: "
+            + ("met" if ratio >= 1.5 else f"**MISSED** ({ratio:.2f}x)")
+            + "; lower latency: "
+            + ("met" if median(lat) < median(blat) else "**MISSED**")
+            + "."
+        )
+        s.data.update(botpy_receive=theirs, botpy_e2e_rate=brate, botpy_latencies=blat)
+    else:
+        s.notes.append("qq-botpy environment missing (.venv-botpy): `make bench` creates it.")
+    if median(ceil) < 2 * max(ours):
+        s.notes.append(
+            "The simulator's ceiling is less than twice the fastest client: it may bound the figures."
+        )
+    return s
+
+
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return (
+        ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+        if ordered
+        else float("nan")
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print(run(quick="--quick" in sys.argv).markdown())
