@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test lint install postgres clean
+BOTPY  := .venv-botpy
+
+.PHONY: demo test lint install postgres bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +38,14 @@ test: lint postgres
 demo: $(STAMP)
 	$(BIN)/python -m hermes.demo
 
+# The official QQ SDK, for the side-by-side throughput benchmark, in a venv of its own.
+$(BOTPY)/bin/python:
+	$(PYTHON) -m venv $(BOTPY)
+	$(BOTPY)/bin/pip install -q qq-botpy==1.2.1
+
+# Every benchmark: tables on stdout, bench/results/latest.json, BENCHMARKS.md rewritten.
+bench: $(STAMP) $(BOTPY)/bin/python postgres
+	cd bench && HERMES_TEST_POSTGRES_URL='$(PG_URL)' ../$(BIN)/python run_all.py
+
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BOTPY) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -16,11 +16,9 @@ import timeit
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from common import Section, median, ms, p95, verdict
+from common import Section, fresh_pg_schema, median, ms, p95, verdict
 from loguru import logger
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from watchdog.clock import SystemClock
@@ -156,21 +154,6 @@ def bench_db_write(url: str, n: int, repeats: int) -> dict[str, list[float]]:
         return out
     finally:
         store.close()
-
-
-def fresh_pg_schema() -> tuple[str, Any]:
-    schema = f"hermes_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False), drop
 
 
 async def ping_gaps_with_stalled_db(seconds: float) -> tuple[list[float], list[float]]:

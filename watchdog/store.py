@@ -145,12 +145,14 @@ class StateStore:
         """Bring the schema to the newest revision (idempotent); returns (before, after)."""
         if self.read_only:
             raise StoreError("refusing to migrate a store opened read-only")
+        before = self.revision()
+        if before == SCHEMA_HEAD:
+            return before, before  # the usual restart: no need to load alembic at all
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", ALEMBIC_LOCATION)
-        before = self.revision()
         try:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
