@@ -287,6 +287,30 @@ async def test_a_silent_half_open_connection_is_detected_and_resumed(sim, bot):
     assert op_frames(conn, 6)
 
 
+async def test_after_a_rest_401_the_new_session_does_not_inherit_the_old_seq(sim, bot):
+    # A 401 from /gateway makes the adapter identify again (like a 4004). The new session's
+    # seq starts over; carrying the old, higher one into it would make the next Resume ask
+    # for a seq the server never reached (4007) and lose what the server had buffered.
+    await sim.wait_ready(t(5))
+    for i in range(5):
+        await sim.send_message("c2c", f"old{i}")
+    await bot.wait_inbound(5)
+    sim.fail_next("gateway", 2, status=401)  # refused, and refused again with a fresh token
+    sim.drop()
+    fresh = await sim.wait_ready(t(5), count=2)
+    assert op_frames(fresh, 2)  # identified: a new session
+    msg = await sim.send_message("c2c", "new")
+    await bot.wait_inbound(6)
+    assert sim.session is not None
+    reached = sim.session.seq
+    assert bot.adapter.session.seq == reached
+    sim.drop()
+    resumed = await sim.wait_ready(t(5), count=3)  # RESUMED, not closed with 4007
+    (resume,) = op_frames(resumed, 6)
+    assert (resume["session_id"], resume["seq"]) == (sim.session.session_id, reached)
+    assert bot.inbound[-1].message_id == msg
+
+
 @pytest.mark.parametrize(("d", "next_op"), [(True, 6), (False, 2)])
 async def test_invalid_session_resumes_or_identifies(sim, bot, d, next_op):
     await sim.wait_ready(t(5))

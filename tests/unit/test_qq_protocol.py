@@ -111,11 +111,13 @@ def test_hello_resumes_a_known_session_with_its_last_seq():
     assert conn.resuming
 
 
-def test_a_known_session_is_identified_afresh_when_resume_is_not_wanted():
+def test_a_cleared_session_is_identified_afresh_and_forgets_its_seq():
     session = Session()
     session.session_id, session.seq = "sess-1", 5
-    conn = Connection(session, token="T", intents=1, resume=False)
+    session.clear()
+    conn = Connection(session, token="T", intents=1)
     assert sent(conn.receive(frame(10, {"heartbeat_interval": 1000})))[0]["op"] == 2
+    assert sent([conn.heartbeat()]) == [{"op": 1, "d": None}]
 
 
 @pytest.mark.parametrize(

@@ -199,7 +199,7 @@ class QQBotAdapter(Adapter):
         plan = Plan(Next.IDENTIFY)
         auth_failures = 0
         while not self.closing():
-            outcome = await self._connect_once(resume=plan.next is Next.RESUME)
+            outcome = await self._connect_once()
             if self.closing():
                 break
             plan = outcome.plan
@@ -248,8 +248,8 @@ class QQBotAdapter(Adapter):
                 break
         self.stopped()
 
-    async def _connect_once(self, *, resume: bool) -> Outcome:
-        retry = Plan(Next.RESUME if resume else Next.IDENTIFY, Wait.BACKOFF)
+    async def _connect_once(self) -> Outcome:
+        retry = Plan(Next.RESUME, Wait.BACKOFF)  # resumes only if the session still allows it
         assert self.tokens is not None and self.api is not None
         try:
             token = await self.tokens.get()
@@ -268,9 +268,7 @@ class QQBotAdapter(Adapter):
             return Outcome(retry, None, str(exc))
         if self.closing():
             return Outcome(retry, None, "closing")
-        conn = Connection(
-            self.session, token=token, intents=self.intents, shard=self.s.shard, resume=resume
-        )
+        conn = Connection(self.session, token=token, intents=self.intents, shard=self.s.shard)
         try:
             async with connect(
                 url,
@@ -319,7 +317,7 @@ class QQBotAdapter(Adapter):
             pass
         except QQProtocolError as exc:
             self.log.error("protocol error from the gateway: {}", exc)
-            end = Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True), f"protocol error: {exc}"
+            end = Plan(Next.IDENTIFY, Wait.BACKOFF), f"protocol error: {exc}"
             await ws.close(ZOMBIE_CLOSE_CODE, "protocol error")
         finally:
             if beats is not None:

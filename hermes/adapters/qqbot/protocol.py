@@ -168,14 +168,12 @@ class Connection:
         token: str,
         intents: int,
         shard: tuple[int, int] = (0, 1),
-        resume: bool = True,
         properties: dict[str, str] | None = None,
     ) -> None:
         self.session = session
         self.token = token
         self.intents = int(intents)
         self.shard = shard
-        self.want_resume = resume
         self.properties = properties or {"$os": "linux", "$browser": "hermes", "$device": "hermes"}
         self.phase = Phase.AWAIT_HELLO
         self.heartbeat_interval: float | None = None
@@ -232,10 +230,10 @@ class Connection:
         self.phase = Phase.AUTHENTICATING
         auth = f"QQBot {self.token}"
         session = self.session
-        if self.want_resume and session.session_id is not None:
+        if session.resumable:
             self.resuming = True
-            payload = {"token": auth, "session_id": session.session_id, "seq": session.seq or 0}
-            return [Hello(self.heartbeat_interval), Send(encode(Op.RESUME, payload))]
+            resume = {"token": auth, "session_id": session.session_id, "seq": session.seq or 0}
+            return [Hello(self.heartbeat_interval), Send(encode(Op.RESUME, resume))]
         payload = {
             "token": auth,
             "intents": self.intents,
@@ -279,7 +277,9 @@ class Connection:
 
 class Next(Enum):
     RESUME = "resume"
+    """Resume the session if there is one (otherwise the next connection identifies)."""
     IDENTIFY = "identify"
+    """Start a new session: the old one (id and seq) is dropped."""
     GIVE_UP = "give_up"
 
 
@@ -296,11 +296,15 @@ class Wait(Enum):
 class Plan:
     next: Next
     wait: Wait = Wait.BACKOFF
-    clear_session: bool = False
     refresh_token: bool = False
     code: str | None = None
     """Reason code when giving up."""
     message: str = ""
+
+    @property
+    def clear_session(self) -> bool:
+        """Identifying starts a new session, so the old one's id and seq must go with it."""
+        return self.next is Next.IDENTIFY
 
 
 FATAL_CLOSE_CODES: dict[int, tuple[str, str]] = {
@@ -333,9 +337,9 @@ def plan_after_close(code: int | None) -> Plan:
         return Plan(Next.RESUME, Wait.RATE_LIMITED)
     if code in (4006, 4007) or (code is not None and 4900 <= code <= 4913):
         # 4006 invalid session, 4007 invalid seq, 49xx internal errors: start a new session.
-        return Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True)
+        return Plan(Next.IDENTIFY, Wait.BACKOFF)
     if code == 4004:  # authentication failed: the token is bad or expired
-        return Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True, refresh_token=True)
+        return Plan(Next.IDENTIFY, Wait.BACKOFF, refresh_token=True)
     # No close frame (a dropped connection), 1000/1001 from the server, or a code we do not
     # know: keep the session and try to resume.
     return Plan(Next.RESUME, Wait.BACKOFF)
@@ -348,7 +352,7 @@ def plan_after_reconnect_request() -> Plan:
 def plan_after_invalid_session(resumable: bool) -> Plan:
     if resumable:
         return Plan(Next.RESUME, Wait.BACKOFF)
-    return Plan(Next.IDENTIFY, Wait.BACKOFF, clear_session=True)
+    return Plan(Next.IDENTIFY, Wait.BACKOFF)
 
 
 def plan_after_zombie() -> Plan:
