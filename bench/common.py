@@ -24,7 +24,6 @@ RESULTS = REPO / "bench" / "results"
 PG_URL = os.environ.get(
     "HERMES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-BIN = Path(sys.executable).parent
 
 
 @dataclass

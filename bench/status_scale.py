@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from common import BIN, Section, fresh_pg_schema, median, p95, verdict
+from common import Section, fresh_pg_schema, median, p95, verdict
 
-from tests.support.proc import child_env
+from tests.support.proc import HERMES_WATCHDOG, child_env
 from watchdog.store import StateStore
 
 PLATFORMS = 1_000
@@ -163,9 +163,7 @@ def run(quick: bool = False) -> Section:
                     ("history (newest 50)", ["history"]),
                     ("history of one platform", ["history", "qq-0042"]),
                 ):
-                    samples = timed(
-                        [str(BIN / "hermes-watchdog"), *args, "--database", url], repeats
-                    )
+                    samples = timed([HERMES_WATCHDOG, *args, "--database", url], repeats)
                     s.add(
                         f"hermes-watchdog {label}",
                         name,

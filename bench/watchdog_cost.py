@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import tempfile
 import time
 import timeit
@@ -31,10 +30,6 @@ from watchdog.store import Batch, StateStore
 from watchdog.supervisor import Supervisor
 from watchdog.tasks import TaskRegistry
 from watchdog.writer import StoreStatus
-
-PG_URL = os.environ.get(
-    "HERMES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 class KeepLastWriter:

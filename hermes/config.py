@@ -162,7 +162,7 @@ def load_config(
     outbox = take("outbox", OutboxSettings)
     routes = _tables(data, "routes", RouteSettings, errors)
     jobs = _tables(data, "jobs", JobSettings, errors)
-    known = set(tables) if isinstance(tables, dict) else set()
+    known = set(tables)
     listing = ", ".join(sorted(known)) or "none"
     for i, route in routes:
         if route.platform is not None and route.platform not in known:

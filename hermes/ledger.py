@@ -83,11 +83,10 @@ class Ledger:
         platform: str | None = None,
         message_id: str | None = None,
         scheduled_for: datetime | None = None,
-        run_id: str | None = None,
     ) -> str | None:
         """Record a run as started; returns its id, or None if this scheduled run already
         exists (it fired before a crash): the caller must not run it again."""
-        rid = run_id or str(uuid.uuid4())
+        rid = str(uuid.uuid4())
         row = {
             "id": rid,
             "kind": kind,

@@ -14,7 +14,6 @@ keeps the ``reply_seq`` it got when enqueued, so the platform (QQ: ``msg_id`` +
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any, Protocol
 
@@ -65,10 +64,6 @@ class Outbox:
         self.platforms = platforms
         self.settings = settings
         self._wake = asyncio.Event()
-        self.delivered = 0
-        self.failures = 0
-        self.on_settled: Callable[[int, str], None] | None = None
-        """Test hook: called with (row id, final status)."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -100,7 +95,6 @@ class Outbox:
             logger.bind(platform=row["platform"]).warning(
                 "outbox: message {} expired undelivered (reply window passed)", row["id"]
             )
-            self._settled(row["id"], "expired")
         batch = await self.db.call(
             self.ledger.claim, self.platforms.deliverable(), self.settings.batch
         )
@@ -134,11 +128,9 @@ class Outbox:
             await self.db.call(
                 self.ledger.delivered, d.id, None, f"the platform already had it: {exc}"
             )
-            self.delivered += 1
             log.info(
                 "outbox: message {} was already delivered (a retry the platform recognised)", d.id
             )
-            self._settled(d.id, "delivered")
             return
         except SendError as exc:
             error = describe_exception(exc)
@@ -150,14 +142,10 @@ class Outbox:
         else:
             pid = result.get("id") if isinstance(result, dict) else None
             await self.db.call(self.ledger.delivered, d.id, str(pid) if pid is not None else None)
-            self.delivered += 1
-            self._settled(d.id, "delivered")
             return
-        self.failures += 1
         if d.attempts >= self.settings.max_attempts:
             log.error("outbox: message {} failed after {} attempts: {}", d.id, d.attempts, error)
             await self.db.call(self.ledger.failed, d.id, error)
-            self._settled(d.id, "failed")
             return
         delay = self.backoff(d.attempts)
         log.warning(
@@ -170,7 +158,3 @@ class Outbox:
         await self.db.call(
             self.ledger.retry_later, d.id, error, now_utc() + timedelta(seconds=delay)
         )
-
-    def _settled(self, row_id: int, status: str) -> None:
-        if self.on_settled is not None:
-            self.on_settled(row_id, status)

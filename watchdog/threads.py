@@ -101,10 +101,6 @@ class DaemonWorker:
         self._queue.put((fn, args, deliver))
         return await future
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def stop(self) -> None:
         """Ask the thread to end after the calls already queued."""
         self._queue.put(None)

@@ -35,7 +35,6 @@ def write_config(
     routes: Sequence[Mapping[str, Any]] = (),
     jobs: Sequence[Mapping[str, Any]] = (),
     extra: str = "",
-    name: str = "gateway.toml",
 ) -> Path:
     """Write a config; platforms default to the scripted test adapter."""
     parts = [
@@ -50,6 +49,6 @@ def write_config(
     for job in jobs:
         parts.append(table("[jobs]", job))
     parts.append(extra)
-    path = directory / name
+    path = directory / "gateway.toml"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

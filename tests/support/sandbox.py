@@ -407,21 +407,16 @@ class SystemdSandbox:
         timeout: float,
         env: Mapping[str, str] | None = None,
         check: bool = False,
-        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the namespace (its mounts and PIDs), e.g. a CLI reading ``/run``.
 
-        Entering a mount namespace resets the working directory to ``/``; pass ``cwd`` to run
-        elsewhere.  ``env`` replaces the environment when given.
+        Entering a mount namespace resets the working directory to ``/``. ``env`` replaces
+        the environment when given.
         """
         if self._closed or self._pid is None:
             raise RuntimeError("the sandbox is not running")
-        cmd = ["nsenter", "-t", str(self._pid), "-m", "-p"]
-        if cwd is not None:
-            cmd.append(f"--wd={cwd}")
-        cmd.extend(argv)
         return subprocess.run(
-            cmd,
+            ["nsenter", "-t", str(self._pid), "-m", "-p", *argv],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -148,9 +148,7 @@ class QQBotAdapter(Adapter):
         self.zombie_detection = True
         """Tests turn this off to prove the watchdog catches a half-open socket by itself."""
         self.tasks = TaskRegistry()
-        self.received = 0
         self.duplicates = 0
-        self.dropped = 0
         self.malformed = 0
         self._ws: ClientConnection | None = None
 
@@ -416,11 +414,9 @@ class QQBotAdapter(Adapter):
         if self.recent.seen(message.message_id):
             self.duplicates += 1
             return
-        self.received += 1
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
-            self.dropped += 1
             self.log.error(
                 "handler queue full ({}): dropping message {}",
                 self.queue.maxsize,

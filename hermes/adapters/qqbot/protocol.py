@@ -150,12 +150,8 @@ class SessionInvalid:
 
 Action = Send | Hello | Ready | Dispatch | Acked | ReconnectRequested | SessionInvalid
 ACKED = Acked()
-
-
-class Phase(Enum):
-    AWAIT_HELLO = "await_hello"
-    AUTHENTICATING = "authenticating"
-    ACTIVE = "active"
+PROPERTIES = {"$os": "linux", "$browser": "hermes", "$device": "hermes"}
+"""The client description sent with Identify."""
 
 
 class Connection:
@@ -168,15 +164,13 @@ class Connection:
         token: str,
         intents: int,
         shard: tuple[int, int] = (0, 1),
-        properties: dict[str, str] | None = None,
     ) -> None:
         self.session = session
         self.token = token
         self.intents = int(intents)
         self.shard = shard
-        self.properties = properties or {"$os": "linux", "$browser": "hermes", "$device": "hermes"}
-        self.phase = Phase.AWAIT_HELLO
         self.heartbeat_interval: float | None = None
+        """From Hello; set once, so a second Hello is a protocol error."""
         self.resuming = False
         """True once a Resume (not an Identify) was sent on this connection."""
         self.awaiting_ack = False
@@ -220,14 +214,13 @@ class Connection:
         raise QQProtocolError(f"unexpected op {op} from the server")
 
     def _hello(self, frame: Frame) -> list[Action]:
-        if self.phase is not Phase.AWAIT_HELLO:
+        if self.heartbeat_interval is not None:
             raise QQProtocolError("second Hello on one connection")
         d = frame.d if isinstance(frame.d, dict) else {}
         interval = d.get("heartbeat_interval")
         if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
             raise QQProtocolError(f"Hello without a positive heartbeat_interval: {frame.d!r}")
         self.heartbeat_interval = interval / 1000
-        self.phase = Phase.AUTHENTICATING
         auth = f"QQBot {self.token}"
         session = self.session
         if session.resumable:
@@ -238,7 +231,7 @@ class Connection:
             "token": auth,
             "intents": self.intents,
             "shard": list(self.shard),
-            "properties": self.properties,
+            "properties": PROPERTIES,
         }
         return [Hello(self.heartbeat_interval), Send(encode(Op.IDENTIFY, payload))]
 
@@ -252,11 +245,9 @@ class Connection:
             if not isinstance(sid, str) or not sid:
                 raise QQProtocolError(f"READY without a session_id: {frame.d!r}")
             self.session.session_id = sid
-            self.phase = Phase.ACTIVE
             user = d.get("user") if d else None
             return [Ready(False, user if isinstance(user, dict) else {})]
         if t == "RESUMED":
-            self.phase = Phase.ACTIVE
             return [Ready(True, {})]
         if t is None:
             raise QQProtocolError("dispatch without an event type 't'")

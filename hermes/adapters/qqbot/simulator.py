@@ -40,7 +40,6 @@ EVENTS = {
     "dm": "DIRECT_MESSAGE_CREATE",
 }
 BOT_USER = {"id": "6158788878435714165", "username": "hermes-sim-bot"}
-INTENT_OF = {"c2c": 1 << 25, "group": 1 << 25, "channel": 1 << 30, "dm": 1 << 12}
 
 
 @dataclass
@@ -86,9 +85,6 @@ class SimConnection:
     close_code: int | None = None
     """The code the bot closed with; None until closed (or if it closed without a frame)."""
     closed: bool = False
-
-    def ops(self) -> list[int]:
-        return [f.op for f in self.frames]
 
 
 @dataclass
