@@ -9,41 +9,52 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Post = Callable[[Any, BaseException | None], None]
+"""Hands a call's result (or its exception) back to the waiting event loop."""
+
+
+def _poster(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Post:
+    """A function any thread may call to settle ``future`` on ``loop`` with a result or an
+    exception; it does nothing once the future is done or the loop has closed."""
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def post(result: Any, exc: BaseException | None) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:  # the loop closed while we worked; nobody is waiting
+            pass
+
+    return post
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], post: Post) -> None:
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        post(None, exc)
+    else:
+        post(result, None)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any, name: str) -> T:
     """Run ``fn(*args)`` on a new daemon thread called ``name`` and await its result."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
-
-    def deliver(result: T | None, exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def work() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:
-            try:
-                loop.call_soon_threadsafe(deliver, None, exc)
-            except RuntimeError:  # the loop closed while we worked; nobody is waiting
-                pass
-            return
-        try:
-            loop.call_soon_threadsafe(deliver, result, None)
-        except RuntimeError:
-            pass
-
-    threading.Thread(target=work, name=name, daemon=True).start()
+    post = _poster(loop, future)
+    threading.Thread(target=_call, args=(fn, args, post), name=name, daemon=True).start()
     return await future
 
 
@@ -56,10 +67,8 @@ class DaemonWorker:
     """
 
     def __init__(self, name: str) -> None:
-        import queue
-
         self.name = name
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None] = (
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Post] | None] = (
             queue.SimpleQueue()
         )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -70,35 +79,14 @@ class DaemonWorker:
             item = self._queue.get()
             if item is None:
                 return
-            fn, args, deliver = item
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                deliver(None, exc)
-            else:
-                deliver(result, None)
+            _call(*item)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-
-        def settle(result: Any, exc: BaseException | None) -> None:
-            if future.done():
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-        def deliver(result: Any, exc: BaseException | None) -> None:
-            try:
-                loop.call_soon_threadsafe(settle, result, exc)
-            except RuntimeError:  # the loop closed; nobody is waiting
-                pass
-
         if kwargs:
             fn = functools.partial(fn, **kwargs)
-        self._queue.put((fn, args, deliver))
+        self._queue.put((fn, args, _poster(loop, future)))
         return await future
 
     def stop(self) -> None:
