@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hermes.config import GatewayConfig
 from hermes.ledger import Ledger
-from watchdog.table import age, render
+from watchdog.states import FAILED_RUNS
+from watchdog.table import age, local_time, render
 
 RUN_FAILED = 1
 USAGE = 2
@@ -93,7 +94,7 @@ def list_jobs(config: GatewayConfig, ledger: Ledger) -> int:
 
     stored = _next_runs(ledger)
     now = datetime.now(UTC)
-    hour_ago = datetime.fromtimestamp(now.timestamp() - 3600, UTC)
+    hour_ago = now - timedelta(hours=1)
     rows = []
     with ledger.engine.connect() as conn:
         for job in config.jobs:
@@ -106,23 +107,20 @@ def list_jobs(config: GatewayConfig, ledger: Ledger) -> int:
             failures = conn.execute(
                 select(func.count()).where(
                     job_runs.c.name == job.name,
-                    job_runs.c.status.in_(("error", "timeout", "missed")),
+                    job_runs.c.status.in_(FAILED_RUNS),
                     job_runs.c.finished_at >= hour_ago,
                 )
             ).scalar()
             schedule = job.cron or (
                 f"every {job.interval:g} s" if job.interval else f"at {job.date}"
             )
+            next_ts = stored.get(job.name)
             if job.name not in stored:
                 next_run = "(starts with the gateway)"
-            elif stored[job.name] is None:
+            elif next_ts is None:
                 next_run = "paused"
             else:
-                next_run = (
-                    datetime.fromtimestamp(stored[job.name] or 0)
-                    .astimezone()
-                    .strftime("%Y-%m-%d %H:%M:%S")
-                )
+                next_run = local_time(datetime.fromtimestamp(next_ts, UTC))
             last_text = (
                 f"{last.status} {age((now - last.finished_at).total_seconds())} ago"
                 if last
@@ -160,7 +158,7 @@ def history(ledger: Ledger, name: str | None, limit: int) -> int:
         )
         table.append(
             [
-                when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-",
+                local_time(when),
                 r["name"],
                 r["trigger"],
                 r["status"],

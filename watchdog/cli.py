@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from watchdog.exceptions import ConfigError, StoreError
-from watchdog.table import age, render
+from watchdog.states import FAILED_RUNS
+from watchdog.table import age, local_time, render
 
 OK, DEGRADED, CRITICAL, UNKNOWN = 0, 1, 2, 3
 DEFAULT_CONFIG = "/etc/hermes/gateway.toml"
@@ -117,7 +118,7 @@ def assess(
     problems = [
         f"{j['kind']} {j['name']} failing ({j['failures']} failures in the last hour, last: {j['last_status']})"
         for j in jobs
-        if j["last_status"] in ("error", "timeout", "missed") and j["failures"] >= JOB_FAILURES
+        if j["last_status"] in FAILED_RUNS and j["failures"] >= JOB_FAILURES
     ]
     if outbox is not None:
         if outbox["failed_recently"]:
@@ -258,7 +259,7 @@ def report_text(report: StatusReport) -> str:
         )
         if inst.get("store_failures"):
             lines.append(
-                f"store: {inst['store_failures']} failed writes, last at {_local(inst.get('store_last_error_at'))}: "
+                f"store: {inst['store_failures']} failed writes, last at {local_time(inst.get('store_last_error_at'))}: "
                 f"{inst.get('store_last_error')}"
             )
         if inst.get("status_text"):
@@ -328,10 +329,6 @@ def report_text(report: StatusReport) -> str:
             f"{box['failed_recently']} failed, {box['expired_recently']} expired",
         ]
     return "\n".join(lines)
-
-
-def _local(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 # -- commands
@@ -452,7 +449,7 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     table = [
         [
-            _local(r["at"]),
+            local_time(r["at"]),
             r["platform"],
             arrow(r["from_state"], r["to_state"]),
             arrow(r["from_health"], r["to_health"]),

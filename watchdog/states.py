@@ -38,3 +38,6 @@ class Health(StrEnum):
 
 
 _RANK = {Health.OK: 0, Health.DEGRADED: 1, Health.FAILING: 2, Health.FATAL: 3}
+
+FAILED_RUNS = ("error", "timeout", "missed")
+"""The ``job_runs.status`` values that count as a failed run (in status and ``hermes jobs``)."""

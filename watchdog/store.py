@@ -15,16 +15,36 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select, text, update
+from sqlalchemy import (
+    Engine,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from watchdog.exceptions import StoreError, StoreNotFound
-from watchdog.schema import gateway_instances, platform_state, platform_transitions
+from watchdog.schema import (
+    gateway_instances,
+    job_runs,
+    outbox,
+    platform_state,
+    platform_transitions,
+)
+from watchdog.states import FAILED_RUNS
 
 SCHEMA_HEAD = "0002"
-FAILED_RUNS = ("error", "timeout", "missed")
+RUNNER_SCHEMA = "0002"
+"""The first revision with ``job_runs`` and ``outbox``."""
 ALEMBIC_LOCATION = "watchdog:migrations"
 
 
@@ -72,6 +92,8 @@ class StateStore:
         self.url = parsed
         self.read_only = read_only
         self.name = display_url(parsed)
+        self._checked_revision: str | None = None
+        """The revision check_readable() or migrate() found, so reads need not ask again."""
         try:
             self.engine = self._create_engine(parsed, timeout)
         except (SQLAlchemyError, ImportError) as exc:
@@ -147,6 +169,7 @@ class StateStore:
             raise StoreError("refusing to migrate a store opened read-only")
         before = self.revision()
         if before == SCHEMA_HEAD:
+            self._checked_revision = before
             return before, before  # the usual restart: no need to load alembic at all
         from alembic import command
         from alembic.config import Config
@@ -162,17 +185,16 @@ class StateStore:
         after = self.revision()
         if after is None:
             raise StoreError(f"migrating {self.name} left no schema revision")
+        self._checked_revision = after
         return before, after
 
     def revision(self) -> str | None:
         """The schema revision, ``None`` for a database without our tables."""
-        try:
-            with self.engine.connect() as conn:
-                if not inspect(conn).has_table("alembic_version"):
-                    return None
-                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read {self.name}: {_short(exc)}") from exc
+        with self._reading() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            rev: str | None = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return rev
 
     def check_readable(self) -> None:
         """Raise :class:`StoreError` unless this is a hermes state store we understand."""
@@ -183,6 +205,11 @@ class StateStore:
             raise StoreError(
                 f"{self.name} has schema {rev}, newer than this hermes ({SCHEMA_HEAD})"
             )
+        self._checked_revision = rev
+
+    def _has_runner_tables(self) -> bool:
+        rev = self._checked_revision or self.revision()
+        return (rev or "") >= RUNNER_SCHEMA
 
     # -- gateway writes
 
@@ -296,11 +323,7 @@ class StateStore:
     def jobs_summary(self, since: datetime) -> list[dict[str, Any]]:
         """Per route or job with a run finished since ``since``: its latest run, its runs and
         failures since then. Empty for a store older than the job runner."""
-        from sqlalchemy import case, func
-
-        from watchdog.schema import job_runs
-
-        if (self.revision() or "") < "0002":
+        if not self._has_runner_tables():
             return []
         failed = case((job_runs.c.status.in_(FAILED_RUNS), 1), else_=0)
         with self._reading() as conn:
@@ -338,20 +361,17 @@ class StateStore:
 
     def outbox_summary(self, since: datetime) -> dict[str, Any] | None:
         """Messages waiting now, and settled badly since ``since``; None before the outbox."""
-        from sqlalchemy import func
-
-        from watchdog.schema import outbox
-
-        if (self.revision() or "") < "0002":
+        if not self._has_runner_tables():
             return None
         with self._reading() as conn:
-            waiting: dict[str, int] = dict(
-                conn.execute(
-                    select(outbox.c.status, func.count())
+            waiting = {
+                status: (count, oldest)
+                for status, count, oldest in conn.execute(
+                    select(outbox.c.status, func.count(), func.min(outbox.c.created_at))
                     .where(outbox.c.status.in_(("pending", "sending")))
                     .group_by(outbox.c.status)
-                ).all()
-            )
+                )
+            }
             settled: dict[str, int] = dict(
                 conn.execute(
                     select(outbox.c.status, func.count())
@@ -359,12 +379,10 @@ class StateStore:
                     .group_by(outbox.c.status)
                 ).all()
             )
-            oldest = conn.execute(
-                select(func.min(outbox.c.created_at)).where(outbox.c.status == "pending")
-            ).scalar()
+        pending, oldest = waiting.get("pending", (0, None))
         return {
-            "pending": int(waiting.get("pending", 0)),
-            "sending": int(waiting.get("sending", 0)),
+            "pending": int(pending),
+            "sending": int(waiting.get("sending", (0, None))[0]),
             "failed_recently": int(settled.get("failed", 0)),
             "expired_recently": int(settled.get("expired", 0)),
             "oldest_pending_at": oldest,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from datetime import datetime
 
 
 def width(text: str) -> int:
@@ -36,6 +37,11 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]], *, last_max: i
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def local_time(value: datetime | None) -> str:
+    """``2026-11-21 09:58:27`` in the machine's time zone; ``-`` for unknown."""
+    return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def age(seconds: float | None) -> str:

@@ -423,3 +423,33 @@ def test_failed_outgoing_messages_show_as_degraded(sqlite_url):
     assert result.returncode == 1
     assert "1 outgoing messages failed in the last hour" in result.stdout
     assert "outbox: 0 pending, 0 sending; last hour: 1 failed, 0 expired" in result.stdout
+
+
+def test_a_message_pending_too_long_shows_as_degraded(sqlite_url):
+    from sqlalchemy import update
+
+    from hermes.ledger import Ledger, Outgoing
+    from watchdog.schema import outbox
+
+    seed(sqlite_url, [{"platform": "qq"}])
+    store = StateStore(sqlite_url)
+    try:
+        ledger = Ledger(store.engine)
+        ledger.enqueue([Outgoing(f"k{i}", "qq", "c2c", "U", "x") for i in range(3)])
+        (sending,) = ledger.claim(["qq"], 1)
+        now = datetime.now(UTC)
+        ages = {sending.id: 30, sending.id + 1: 20, sending.id + 2: 1}  # minutes
+        with store.engine.begin() as conn:
+            for row_id, minutes in ages.items():
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row_id)
+                    .values(created_at=now - timedelta(minutes=minutes))
+                )
+    finally:
+        store.close()
+    result = status(sqlite_url)
+    assert result.returncode == 1
+    # The oldest *pending* message counts (20 min), not the one being sent (30 min).
+    assert re.search(r"2 outgoing messages pending, the oldest for 20m0\ds", result.stdout)
+    assert re.search(r"outbox: 2 pending \(oldest 20m0\ds\), 1 sending;", result.stdout)
