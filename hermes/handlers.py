@@ -191,25 +191,30 @@ async def handle(
     if kind == "ignore":
         return None
     if kind == "command":
-        doc = message_document(message, route, run_id)
-        variables = {f"HERMES_{k.upper()}": "" if v is None else str(v) for k, v in doc.items()}
         assert route.settings.command is not None
-        return await run_command(
+        return await run_with_document(
             route.settings.command,
-            json.dumps(doc, ensure_ascii=False),
-            base_env(environ, route.settings.env, variables),
+            message_document(message, route, run_id),
+            environ,
+            route.settings.env,
         )
     assert route.function is not None
     return await call_function(route.function, message)
 
 
-def base_env(
-    environ: Mapping[str, str], extra: Mapping[str, str], variables: Mapping[str, str]
-) -> dict[str, str]:
+async def run_with_document(
+    argv: Sequence[str],
+    doc: Mapping[str, Any],
+    environ: Mapping[str, str],
+    extra: Mapping[str, str],
+) -> str | None:
+    """:func:`run_command` with ``doc`` as JSON on stdin and each of its fields as
+    ``HERMES_<FIELD>``, beside the variables of ``environ`` in ``PASSED_ENV`` and the
+    configured ``extra`` ones."""
     env = {k: environ[k] for k in PASSED_ENV if k in environ}
     env.update(extra)
-    env.update(variables)
-    return env
+    env.update({f"HERMES_{k.upper()}": "" if v is None else str(v) for k, v in doc.items()})
+    return await run_command(argv, json.dumps(doc, ensure_ascii=False), env)
 
 
 async def run_command(argv: Sequence[str], stdin: str, env: Mapping[str, str]) -> str | None:

@@ -13,7 +13,6 @@ limited per route and overall.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,13 +25,12 @@ from hermes.handlers import (
     HandlerError,
     JobContext,
     Route,
-    base_env,
     call_function,
     handle,
     match,
     parse_target,
     resolve_function,
-    run_command,
+    run_with_document,
 )
 from hermes.jobs import JobSettings
 from hermes.ledger import DB_ERRORS, Ledger, Outage, Outgoing, now_utc
@@ -260,7 +258,6 @@ class JobRunner:
     ) -> str | None:
         if job.action == "send":
             return job.text
-        context = JobContext(job.name, run_id, trigger, scheduled)
         if job.action == "command":
             doc = {
                 "job": job.name,
@@ -268,12 +265,10 @@ class JobRunner:
                 "trigger": trigger,
                 "scheduled_for": scheduled.isoformat() if scheduled else None,
             }
-            variables = {f"HERMES_{k.upper()}": "" if v is None else str(v) for k, v in doc.items()}
             assert job.command is not None
-            return await run_command(
-                job.command, json.dumps(doc), base_env(self.environ, job.env, variables)
-            )
+            return await run_with_document(job.command, doc, self.environ, job.env)
         assert job.function is not None
+        context = JobContext(job.name, run_id, trigger, scheduled)
         return await call_function(resolve_function(job.function), context)
 
     # -- shared

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import sys
@@ -453,6 +454,65 @@ async def test_jobs_survive_a_restart_without_double_firing_and_misses_follow_th
     assert all(
         r["output"] == "report from beat (schedule)" for r in all_runs if r["status"] == "ok"
     )
+
+
+async def test_a_command_job_gets_its_run_as_json_and_environment_and_nothing_else(
+    tmp_path, notify_path, monkeypatch
+):
+    monkeypatch.setenv("QQ_SECRET", "must-not-leak")
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "doc = json.load(sys.stdin)\n"
+        "env = {k: os.environ.get(k) for k in ('HERMES_JOB', 'HERMES_TRIGGER', 'HERMES_RUN_ID', 'REGION', 'QQ_SECRET')}\n"
+        "print(json.dumps({'doc': doc, 'env': env}))\n"
+    )
+    jobs = [
+        {
+            "name": "nightly.report",
+            "cron": "0 3 * * *",
+            "action": "command",
+            "command": [sys.executable, str(script)],
+            "env": {"REGION": "eu"},
+            "targets": ["demo:c2c:nobody"],
+        }
+    ]
+    config = write_config(
+        tmp_path,
+        {"demo": {"adapter": "demo"}},
+        tick=TICK,
+        jobs=jobs,
+        extra="[runner]\nrequest_poll = 0.1\n",
+    )
+    async with Running(config, notify_path):
+        run = await asyncio.to_thread(
+            run_cli,
+            HERMES,
+            "jobs",
+            "--config",
+            str(config),
+            "run",
+            "nightly.report",
+            "--wait",
+            "--timeout",
+            "10",
+        )
+    assert run.returncode == 0, run.stdout + run.stderr
+    (row,) = runs(config)
+    got = json.loads(row["output"])
+    assert got["doc"] == {
+        "job": "nightly.report",
+        "run_id": row["id"],
+        "trigger": "manual",
+        "scheduled_for": None,
+    }
+    assert got["env"] == {
+        "HERMES_JOB": "nightly.report",
+        "HERMES_TRIGGER": "manual",
+        "HERMES_RUN_ID": row["id"],
+        "REGION": "eu",
+        "QQ_SECRET": None,
+    }
 
 
 async def test_jobs_cli_runs_pauses_and_resumes_against_a_running_gateway(tmp_path, notify_path):

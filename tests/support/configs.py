@@ -15,6 +15,8 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, Mapping):  # an inline table
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     # JSON strings and arrays of strings are valid TOML.
     return json.dumps(value, ensure_ascii=False)
 
