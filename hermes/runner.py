@@ -43,7 +43,7 @@ from watchdog.notify import Notifier
 from watchdog.states import DeclaredState, Health
 from watchdog.store import StateStore
 from watchdog.supervisor import PlatformSpec, Supervised, Supervisor
-from watchdog.tasks import TaskRegistry, describe_exception
+from watchdog.tasks import TaskRegistry, cancel_and_wait, describe_exception
 from watchdog.threads import DaemonWorker, in_thread
 from watchdog.writer import StoreWriter
 
@@ -496,14 +496,9 @@ def run_gateway(gateway: Gateway, grace: float = 0.5) -> int:
         return loop.run_until_complete(gateway.run())
     finally:
         try:
-            leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in leftovers:
-                task.cancel()
-            if leftovers:
-                loop.run_until_complete(asyncio.wait(leftovers, timeout=grace))
-                stuck = sorted(t.get_name() for t in leftovers if not t.done())
-                if stuck:
-                    logger.error("abandoning tasks that ignore cancellation: {}", ", ".join(stuck))
+            stuck = loop.run_until_complete(cancel_and_wait(asyncio.all_tasks(loop), grace))
+            if stuck:
+                logger.error("abandoning tasks that ignore cancellation: {}", ", ".join(stuck))
             loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), grace))
         except Exception:
             logger.exception("error while closing the event loop")

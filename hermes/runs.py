@@ -37,7 +37,7 @@ from hermes.ledger import DB_ERRORS, Ledger, Outage, Outgoing, now_utc
 from hermes.messages import InboundMessage
 from hermes.outbox import Outbox, OutboxSettings, Platforms
 from watchdog.settings import Duration, Section
-from watchdog.tasks import TaskRegistry, describe_exception
+from watchdog.tasks import TaskRegistry, cancel_and_wait, describe_exception
 from watchdog.threads import DaemonWorker
 
 
@@ -349,11 +349,7 @@ class JobRunner:
 
     async def cancel_all(self, grace: float) -> None:
         """Shutdown: cancel running runs; each records itself as ``cancelled``."""
-        runs = [t for t in self.runs if not t.done()]
-        for task in runs:
-            task.cancel()
-        if runs:
-            await asyncio.wait(runs, timeout=grace)
+        await cancel_and_wait(self.runs, grace)
 
 
 class _Slots:

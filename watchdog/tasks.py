@@ -8,7 +8,7 @@ logs how each one ended, and calls the owner's callback so the owner can act.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from loguru import logger
@@ -18,6 +18,17 @@ def describe_exception(exc: BaseException) -> str:
     """``"ValueError: boom"``, one line, for reason messages."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], grace: float) -> list[str]:
+    """Cancel the tasks not yet done and wait up to ``grace`` seconds for them; return the
+    names of those still running (they swallowed the cancellation, or are slow to end)."""
+    pending = [t for t in tasks if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=grace)
+    return sorted(t.get_name() for t in pending if not t.done())
 
 
 class TaskRegistry:
@@ -64,9 +75,4 @@ class TaskRegistry:
 
     async def cancel_all(self, grace: float) -> list[str]:
         """Cancel every task and wait up to ``grace`` seconds; return the names of those still running."""
-        tasks = self.pending()
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
-        return sorted(t.get_name() for t in tasks if not t.done())
+        return await cancel_and_wait(self._tasks, grace)
