@@ -172,30 +172,39 @@ class Ledger:
         A request older than ``max_age`` is closed as ``cancelled`` instead: nobody wants a
         ``hermes jobs run`` from yesterday to fire when a gateway finally starts."""
         now = now_utc()
+        # Polled every second or so: read first, and write only when there is a request, so
+        # an idle gateway takes no write lock.
         with self.engine.begin() as conn:
-            conn.execute(
-                update(job_runs)
-                .where(job_runs.c.status == "requested", job_runs.c.requested_at < now - max_age)
-                .values(
-                    status="cancelled",
-                    finished_at=now,
-                    error=f"expired: no gateway picked the request up within {max_age.total_seconds():.0f} s",
-                )
-            )
             rows = conn.execute(
-                select(job_runs.c.id, job_runs.c.name)
+                select(
+                    job_runs.c.id,
+                    job_runs.c.name,
+                    (job_runs.c.requested_at < now - max_age).label("stale"),
+                )
                 .where(job_runs.c.status == "requested")
                 .order_by(job_runs.c.requested_at)
             ).all()
-            if rows:
+            stale = [r.id for r in rows if r.stale]
+            fresh = [r for r in rows if not r.stale]
+            if stale:
+                conn.execute(
+                    update(job_runs)
+                    .where(job_runs.c.id.in_(stale), job_runs.c.status == "requested")
+                    .values(
+                        status="cancelled",
+                        finished_at=now,
+                        error=f"expired: no gateway picked the request up within {max_age.total_seconds():.0f} s",
+                    )
+                )
+            if fresh:
                 conn.execute(
                     update(job_runs)
                     .where(
-                        job_runs.c.id.in_([r.id for r in rows]), job_runs.c.status == "requested"
+                        job_runs.c.id.in_([r.id for r in fresh]), job_runs.c.status == "requested"
                     )
                     .values(status="running", started_at=now_utc(), instance_id=self.instance_id)
                 )
-        return [(r.id, r.name) for r in rows]
+        return [(r.id, r.name) for r in fresh]
 
     def close_interrupted(self) -> int:
         """At start: runs left ``running`` by a process that died are ``cancelled``."""

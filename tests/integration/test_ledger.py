@@ -138,3 +138,21 @@ def test_a_request_nobody_picked_up_in_time_is_cancelled_not_run_later(ledger):
     assert row is not None
     assert row["status"] == "cancelled"
     assert "no gateway picked the request up" in row["error"]
+
+
+def test_an_idle_poll_for_requests_takes_no_write_lock(tmp_path):
+    # Polled every second: with nothing requested it must only read, or every idle poll
+    # would contend with the store writer for SQLite's one write lock.
+    import sqlite3
+
+    path = tmp_path / "hermes.db"
+    store = StateStore(f"sqlite:///{path}", timeout=0.2)
+    store.migrate()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        assert Ledger(store.engine, "instance-1").claim_requests() == []
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
