@@ -55,10 +55,17 @@ class Frame:
 
 def decode(raw: str | bytes) -> Frame:
     """Parse one payload; :class:`QQMalformedFrame` says what is wrong with it."""
+    return _frame(_load(raw))
+
+
+def _load(raw: str | bytes) -> Any:
     try:
-        obj = orjson.loads(raw)
+        return orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise QQMalformedFrame(f"frame is not JSON: {exc}") from None
+
+
+def _frame(obj: Any) -> Frame:
     if not isinstance(obj, dict):
         raise QQMalformedFrame(f"frame is not a JSON object: {type(obj).__name__}")
     op = obj.get("op")
@@ -177,12 +184,9 @@ class Connection:
         self.zombie = False
 
     def receive(self, raw: str | bytes) -> list[Action]:
-        # The hot path: a dispatched event (nearly every frame), checked as decode() would,
-        # without building a Frame first.
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            obj = None
+        # The hot path: a dispatched event (nearly every frame), checked as _frame() would,
+        # without building a Frame first; anything else is parsed once and goes through it.
+        obj = _load(raw)
         if type(obj) is dict and obj.get("op") == 0 and type(obj.get("op")) is int:
             t = obj.get("t")
             s = obj.get("s")
@@ -193,7 +197,7 @@ class Connection:
                         self.session.seq = s
                 fid = obj.get("id")
                 return [Dispatch(t, obj.get("d"), s, fid if type(fid) is str else None)]
-        frame = decode(raw)
+        frame = _frame(obj)
         op = frame.op
         if op == Op.DISPATCH:
             return self._dispatch(frame)
