@@ -146,38 +146,30 @@ class QQApi:
                     raise QQApiError(
                         f"{method} {path}: {type(exc).__name__}: {exc}", status=0
                     ) from exc
-                self.log.warning(
-                    "{} {}: {}; retry {} in {:.1f} s",
-                    method,
-                    path,
-                    type(exc).__name__,
-                    attempt,
-                    delay,
+                why, wait = f"{method} {path}: {type(exc).__name__}", delay
+            else:
+                if response.status_code < 300:
+                    return response.json() if response.content else {}
+                error = _error(method, path, response)
+                if error.status == 401 and attempt == 1:
+                    self.tokens.invalidate()  # the token was refused: fetch a new one, once
+                    continue
+                transient = (
+                    error.status == 429 or error.code in RATE_LIMIT_CODES or error.status >= 500
                 )
-                await self._sleep(delay)
-                delay = min(delay * 2, self.retry_max)
-                continue
-            if response.status_code < 300:
-                return response.json() if response.content else {}
-            error = _error(method, path, response)
-            retry_after = _retry_after(response)
-            if error.status == 401 and attempt == 1:
-                self.tokens.invalidate()  # the token was refused: fetch a new one, once
-                continue
-            transient = error.status == 429 or error.code in RATE_LIMIT_CODES or error.status >= 500
-            if not transient:
-                raise error
-            if attempt == self.max_attempts:
-                if error.status >= 500:
+                if not transient:
                     raise error
-                raise QQRateLimited(
-                    f"{method} {path}: still rate limited after {attempt} attempts",
-                    status=error.status,
-                    code=error.code,
-                    trace_id=error.trace_id,
-                ) from error
-            wait = max(delay, retry_after or 0.0)
-            self.log.warning("{}; retry {} in {:.1f} s", error, attempt, wait)
+                if attempt == self.max_attempts:
+                    if error.status >= 500:
+                        raise error
+                    raise QQRateLimited(
+                        f"{method} {path}: still rate limited after {attempt} attempts",
+                        status=error.status,
+                        code=error.code,
+                        trace_id=error.trace_id,
+                    ) from error
+                why, wait = str(error), max(delay, _retry_after(response) or 0.0)
+            self.log.warning("{}; retry {} in {:.1f} s", why, attempt, wait)
             await self._sleep(wait)
             delay = min(delay * 2, self.retry_max)
         raise AssertionError("unreachable")
