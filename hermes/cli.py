@@ -32,11 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run the gateway in the foreground (systemd Type=notify)")
-    run.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
+    _add_config(
+        sub.add_parser("run", help="run the gateway in the foreground (systemd Type=notify)")
     )
     simulate = sub.add_parser(
         "simulate", help="run a local simulator of a platform (no real credentials)"
@@ -97,14 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from hermes import jobs_cli
 
-    jobs_cli.add_parser(sub, f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})")
-    check = sub.add_parser("check", help="validate a configuration file; exit 0 or 78")
-    check.add_argument(
+    _add_config(jobs_cli.add_parser(sub))
+    _add_config(sub.add_parser("check", help="validate a configuration file; exit 0 or 78"))
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--config",
         metavar="FILE",
         help=f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
     )
-    return parser
 
 
 def _duration_arg(text: str) -> float:

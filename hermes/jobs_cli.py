@@ -24,9 +24,11 @@ RUN_FAILED = 1
 USAGE = 2
 
 
-def add_parser(sub: Any, config_help: str) -> None:
-    jobs = sub.add_parser("jobs", help="scheduled jobs: list, run, pause, resume, history")
-    jobs.add_argument("--config", metavar="FILE", help=config_help)
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``hermes jobs`` and its actions; the caller adds ``--config``."""
+    jobs: argparse.ArgumentParser = sub.add_parser(
+        "jobs", help="scheduled jobs: list, run, pause, resume, history"
+    )
     actions = jobs.add_subparsers(dest="jobs_command", required=True)
     actions.add_parser("list", help="every configured job: schedule, next run, last run, failures")
     run = actions.add_parser("run", help="ask the running gateway to run a job now")
@@ -47,6 +49,7 @@ def add_parser(sub: Any, config_help: str) -> None:
     history = actions.add_parser("history", help="recent runs (of one job or route)")
     history.add_argument("name", nargs="?")
     history.add_argument("--limit", type=int, default=20, metavar="N")
+    return jobs
 
 
 def main(args: argparse.Namespace, config: GatewayConfig) -> int:
