@@ -201,6 +201,10 @@ class JobScheduler:
             self.scheduler.remove_job(job_id)
             counts["removed"] += 1
             logger.info("job {} removed (no longer configured)", job_id)
+        logger.info(
+            "scheduled jobs: {added} added, {changed} changed, {removed} removed, {kept} kept",
+            **counts,
+        )
         return counts
 
     def wakeup(self) -> None:

@@ -246,14 +246,7 @@ class Gateway:
         self.jobs = JobScheduler(
             self.store.engine, asyncio.get_running_loop(), runner.run_scheduled
         )
-        changes = await in_thread(self.jobs.start, self.config.jobs, name="hermes-jobs-start")
-        logger.info(
-            "scheduled jobs: {} added, {} changed, {} removed, {} kept",
-            changes["added"],
-            changes["changed"],
-            changes["removed"],
-            changes["kept"],
-        )
+        await in_thread(self.jobs.start, self.config.jobs, name="hermes-jobs-start")
 
     def _essential(self, coro: Any, name: str) -> None:
         """A task the gateway cannot work without: if it ends, the gateway escalates."""
@@ -271,17 +264,19 @@ class Gateway:
 
     async def _housekeeping(self) -> None:
         """Pick up job-store changes made by ``hermes jobs``; prune old runs and messages."""
+        db, ledger = self.db, self.ledger
+        assert db is not None and ledger is not None  # started with the runner, after both
         loop = asyncio.get_running_loop()
         next_prune = loop.time()
         while True:
             await asyncio.sleep(self.config.runner.request_poll)
             if self.jobs is not None:
                 self.jobs.wakeup()
-            if loop.time() >= next_prune and self.db is not None and self.ledger is not None:
+            if loop.time() >= next_prune:
                 next_prune = loop.time() + 3600
                 try:
-                    runs, rows = await self.db.call(
-                        self.ledger.prune,
+                    runs, rows = await db.call(
+                        ledger.prune,
                         timedelta(seconds=self.config.runner.retention),
                         timedelta(seconds=self.config.outbox.retention),
                     )
@@ -448,13 +443,7 @@ class Gateway:
         if self.runner is not None:
             self.runner.configure(build_routes(new.routes), new.jobs)
         if self.jobs is not None:
-            changes = await in_thread(self.jobs.sync, new.jobs, name="hermes-jobs-sync")
-            logger.info(
-                "scheduled jobs: {} added, {} changed, {} removed",
-                changes["added"],
-                changes["changed"],
-                changes["removed"],
-            )
+            await in_thread(self.jobs.sync, new.jobs, name="hermes-jobs-sync")
         self.config = new
         logger.info(
             "configuration reloaded: {} added, {} changed, {} removed",

@@ -220,11 +220,8 @@ class JobRunner:
                         error=f"no job named {name!r} is configured",
                     )
                     continue
-                self._spawn(self._requested(job, run_id), f"run:{name}:manual")
+                self._spawn(self._job_run(job, run_id, "manual", None), f"run:{name}:manual")
             await asyncio.sleep(self.settings.request_poll)
-
-    async def _requested(self, job: JobSettings, run_id: str) -> None:
-        await self._job_run(job, run_id, "manual", None)
 
     async def _job_run(
         self, job: JobSettings, run_id: str, trigger: str, scheduled: datetime | None
