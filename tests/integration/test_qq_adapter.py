@@ -141,11 +141,10 @@ async def test_heartbeats_follow_the_hello_interval_and_acks_are_beats(sim, bot)
     assert all(0.15 < g < 0.6 for g in gaps), gaps
     assert op_frames(conn, 1)[-1] == sim.session.seq  # d is the last seq
     before = bot.record.last_beat
-    await sim.wait_until(lambda: len(op_frames(conn, 1)) >= 5, t(5), "another heartbeat")
-    await asyncio.sleep(0)  # let the ACK be read
-    assert bot.record.last_beat is not None
     assert before is not None
-    assert bot.record.last_beat >= before
+    await sim.wait_until(
+        lambda: (bot.record.last_beat or 0) > before, t(5), "a later ACK counted as a beat"
+    )
 
 
 async def test_a_server_heartbeat_request_is_answered_at_once(sim, bot):

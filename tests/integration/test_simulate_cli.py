@@ -22,7 +22,9 @@ async def test_the_simulator_cli_serves_the_documented_endpoints_until_sigterm(t
         assert proc.stdout is not None
         banner = b""
         while b"handler = " not in banner:
-            banner += await asyncio.wait_for(proc.stdout.readline(), t(15))
+            line = await asyncio.wait_for(proc.stdout.readline(), t(15))
+            assert line, f"the simulator exited before its banner was complete: {banner!r}"
+            banner += line
         info = json.loads(ready.read_text())
         assert f'api_base = "{info["api_base"]}"' in banner.decode()
         async with httpx.AsyncClient() as http:

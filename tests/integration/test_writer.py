@@ -143,6 +143,7 @@ def test_stop_gives_up_after_its_time_limit_and_says_what_was_lost(real):
     writer.start()
     writer.submit(Batch(transitions=[transition(0)]))
     assert writer.stop(0.2) is False
+    assert not writer.alive  # the thread ended too: it does not go on retrying
 
 
 def test_a_dead_writer_thread_is_restarted_by_its_owner(real):
