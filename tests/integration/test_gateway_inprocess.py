@@ -4,52 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from hermes.config import load_config
-from hermes.runner import Gateway
 from tests.support.configs import write_config
-from tests.support.notify import NotifyListener
+from tests.support.inprocess import gateway, stored, stored_for
 from tests.support.tcpproxy import TcpProxy
 from tests.support.timing import t
-from watchdog.notify import Notifier
-from watchdog.store import StateStore
-
-
-@asynccontextmanager
-async def gateway(
-    config: Path, notify: NotifyListener | None = None, watchdog_sec: float = 10
-) -> AsyncIterator[tuple[Gateway, asyncio.Task[int]]]:
-    cfg = load_config(config, os.environ)
-    notifier = Notifier(notify.address if notify else None, watchdog_timeout=watchdog_sec)
-    gw = Gateway(cfg, notifier=notifier)
-    task = asyncio.get_running_loop().create_task(gw.run(), name="test:gateway")
-    ready = asyncio.ensure_future(gw.ready.wait())
-    await asyncio.wait({task, ready}, timeout=t(20), return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    try:
-        yield gw, task
-    finally:
-        if not task.done():
-            gw.request_stop(0, "test finished")
-        await asyncio.wait_for(task, t(20))
-
-
-def rows(config: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
-    cfg = load_config(config, os.environ)
-    store = StateStore(cfg.database_url, read_only=True)
-    try:
-        return store.latest_instance(), store.platforms(), store.transitions(limit=None)
-    finally:
-        store.close()
-
 
 FAILURES: dict[str, tuple[dict[str, Any], str, int]] = {
     "exited": ({"runs": [["connect", "behave 0.2", "return"]]}, "adapter_exited", 75),
@@ -82,7 +46,7 @@ async def test_each_failure_is_recorded_in_sql_and_escalates(tmp_path, notify_pa
     config = write_config(tmp_path, {"bot": {"restart_max": 0, **settings}, "fine": {}})
     async with gateway(config, notify_path) as (_gw, task):
         assert await asyncio.wait_for(task, t(15)) == exit_code
-    instance, platforms, history = rows(config)
+    instance, platforms, history = stored_for(config)
     assert instance is not None
     assert instance["exit_code"] == exit_code
     assert instance["stopped_at"] is not None
@@ -119,7 +83,7 @@ async def test_a_silent_return_is_restarted_in_process_and_recovers(tmp_path, no
         )
         gw.request_stop(0, "test")
         assert await asyncio.wait_for(task, t(10)) == 0
-    instance, (bot,), history = rows(config)
+    instance, (bot,), history = stored_for(config)
     assert instance is not None
     assert (instance["exit_code"], instance["exit_reason"]) == (0, "test")
     assert (bot["health"], bot["restarts"], bot["declared_state"]) == ("ok", 1, "stopped")
@@ -143,7 +107,7 @@ async def test_an_optional_platform_going_fatal_does_not_stop_the_gateway(tmp_pa
             lambda d: d.fields.get("WATCHDOG") == "1", t(5), "a ping after", new=True
         )
         assert not task.done()
-    _, platforms, _ = rows(config)
+    _, platforms, _ = stored_for(config)
     assert {p["platform"]: p["health"] for p in platforms} == {"extra": "fatal", "main": "ok"}
 
 
@@ -170,7 +134,7 @@ async def test_reload_adds_changes_and_removes_platforms(tmp_path, notify_path):
             lambda d: "reload rejected" in d.fields.get("STATUS", ""), t(5), "reload status"
         )
         write_config(tmp_path, {"b": {"heartbeat_ttl": 12}, "c": {}})
-    _, platforms, history = rows(config)
+    _, platforms, history = stored_for(config)
     assert sorted(p["platform"] for p in platforms) == ["b", "c"]
     assert any(h["platform"] == "a" and h["reason_code"] == "platform_removed" for h in history)
 
@@ -182,7 +146,7 @@ async def test_platforms_removed_from_the_config_leave_the_store_at_the_next_sta
     write_config(tmp_path, {"b": {}})
     async with gateway(config) as (_gw, _task):
         pass
-    _, platforms, history = rows(config)
+    _, platforms, history = stored_for(config)
     assert [p["platform"] for p in platforms] == ["b"]
     assert [h["platform"] for h in history if h["reason_code"] == "platform_removed"] == ["a"]
 
@@ -199,16 +163,6 @@ async def proxied_pg(pg_url) -> AsyncIterator[tuple[TcpProxy, str]]:
         )
     finally:
         await proxy.close()
-
-
-def read_pg(
-    pg_url: str,
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
-    store = StateStore(pg_url, read_only=True)
-    try:
-        return store.latest_instance(), store.platforms(), store.transitions(limit=None)
-    finally:
-        store.close()
 
 
 def status_without_store_problem(after: float):
@@ -234,7 +188,7 @@ async def test_a_stuck_database_never_delays_a_ping_and_shows_in_status(
         proxy.resume()
         resumed = asyncio.get_running_loop().time()
         await notify_path.wait_for(status_without_store_problem(resumed), t(15), "store ok again")
-    instance, platforms, _ = read_pg(pg_url)
+    instance, platforms, _ = stored(pg_url)
     assert instance is not None
     assert instance["exit_code"] == 0
     assert platforms[0]["declared_state"] == "stopped"
@@ -264,7 +218,7 @@ async def test_a_dead_database_is_reported_not_escalated_and_catches_up(
         await proxy.start()
         back = asyncio.get_running_loop().time()
         await notify_path.wait_for(status_without_store_problem(back), t(30), "store ok again")
-    instance, _, history = read_pg(pg_url)
+    instance, _, history = stored(pg_url)
     # ... is not lost.
     assert any(h["to_state"] == "reconnecting" for h in history)
     assert instance is not None

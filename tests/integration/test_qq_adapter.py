@@ -98,12 +98,6 @@ class Bot:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[QQSimulator]:
-    async with QQSimulator(heartbeat_interval=0.2) as s:
-        yield s
-
-
-@pytest.fixture
 async def bot(sim: QQSimulator) -> AsyncIterator[Bot]:
     b = Bot(sim).start()
     try:

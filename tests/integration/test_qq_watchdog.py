@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,16 +10,13 @@ import pytest
 
 from hermes.adapters.qqbot.auth import TokenManager
 from hermes.adapters.qqbot.simulator import QQSimulator
-from hermes.config import load_config
 from hermes.errors import QQTokenUnavailable
-from hermes.runner import Gateway
 from tests.qq_variants import RETURNED_AT
 from tests.support.configs import write_config
+from tests.support.inprocess import gateway, stored_for
 from tests.support.timing import t
 from watchdog.clock import FakeClock
-from watchdog.notify import Notifier
 from watchdog.secrets import Secret
-from watchdog.store import StateStore
 
 TICK = 0.1
 QQ_FAST = {
@@ -35,47 +30,20 @@ QQ_FAST = {
 }
 
 
-@pytest.fixture
-async def sim(monkeypatch) -> AsyncIterator[QQSimulator]:
-    async with QQSimulator(heartbeat_interval=0.2) as s:
-        monkeypatch.setenv("QQ_SECRET", s.client_secret)
-        yield s
-
-
-async def run_gateway(config: Path) -> tuple[Gateway, asyncio.Task[int]]:
-    gw = Gateway(load_config(config), notifier=Notifier(None))
-    task = asyncio.get_running_loop().create_task(gw.run(), name="test:gateway")
-    await asyncio.wait(
-        {task, asyncio.ensure_future(gw.ready.wait())},
-        timeout=t(20),
-        return_when=asyncio.FIRST_COMPLETED,
-    )
-    return gw, task
-
-
 def qq(sim: QQSimulator, adapter: str = "qqbot", **extra: Any) -> dict[str, Any]:
     return {"adapter": adapter, **sim.adapter_settings(**QQ_FAST), **extra}
-
-
-def stored(config: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    store = StateStore(load_config(config).database_url, read_only=True)
-    try:
-        instance = store.latest_instance()
-        assert instance is not None
-        return instance, store.platforms(), store.transitions(limit=None)
-    finally:
-        store.close()
 
 
 async def test_the_incident_refused_connections_end_fatal_and_escalate_instead_of_connected(
     tmp_path, sim
 ):
     config = write_config(tmp_path, {"qq": qq(sim, restart_max=1, restart_backoff=0.1)}, tick=TICK)
-    _gw, task = await run_gateway(config)
-    await sim.wait_ready(t(5))
-    await sim.refuse_connections()  # closes the open connection too (1001 going away)
-    assert await asyncio.wait_for(task, t(30)) == 75
-    instance, (row,), history = stored(config)
+    async with gateway(config) as (_gw, task):
+        await sim.wait_ready(t(5))
+        await sim.refuse_connections()  # closes the open connection too (1001 going away)
+        assert await asyncio.wait_for(task, t(30)) == 75
+    instance, (row,), history = stored_for(config)
+    assert instance is not None
     assert (row["health"], row["reason_code"], row["restarts"]) == (
         "fatal",
         "qq_reconnect_exhausted",
@@ -96,10 +64,10 @@ async def test_a_loop_that_just_returns_is_caught_within_one_tick(tmp_path, sim)
     config = write_config(
         tmp_path, {"qq": qq(sim, "tests.qq_variants:SilentGiveUpQQ", restart_max=0)}, tick=TICK
     )
-    gw, task = await run_gateway(config)
-    await sim.wait_ready(t(5))
-    await sim.refuse_connections()
-    assert await asyncio.wait_for(task, t(30)) == 75
+    async with gateway(config) as (gw, task):
+        await sim.wait_ready(t(5))
+        await sim.refuse_connections()
+        assert await asyncio.wait_for(task, t(30)) == 75
     record = gw.board["qq"]
     assert record.reason is not None
     assert record.reason.code == "adapter_exited"
@@ -113,17 +81,17 @@ async def test_a_half_open_socket_is_caught_by_the_ttl_when_the_adapter_cannot_s
     config = write_config(
         tmp_path, {"qq": qq(sim, "tests.qq_variants:NoZombieDetectionQQ", restart_max=0)}, tick=TICK
     )
-    gw, task = await run_gateway(config)
-    await sim.wait_ready(t(5))
-    sim.go_silent()
-    assert await asyncio.wait_for(task, t(30)) == 75
+    async with gateway(config) as (gw, task):
+        await sim.wait_ready(t(5))
+        sim.go_silent()
+        assert await asyncio.wait_for(task, t(30)) == 75
     record = gw.board["qq"]
     assert record.reason is not None
     assert record.reason.code == "heartbeat_timeout"
     assert record.last_beat is not None
     ttl = 0.2 * 2.5
     assert ttl < record.health_since - record.last_beat <= ttl + TICK + 0.05
-    _, (row,), _ = stored(config)
+    _, (row,), _ = stored_for(config)
     assert (row["declared_state"], row["health"], row["reason_code"]) == (
         "connected",
         "fatal",
@@ -133,18 +101,15 @@ async def test_a_half_open_socket_is_caught_by_the_ttl_when_the_adapter_cannot_s
 
 async def test_messages_flow_through_the_gateway_and_are_echoed(tmp_path, sim):
     config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=[{"handler": "echo"}])
-    gw, task = await run_gateway(config)
-    try:
+    async with gateway(config) as (_gw, task):
         await sim.wait_ready(t(5))
         ids = [
             await sim.send_message(kind, f"hi {kind}") for kind in ("c2c", "group", "channel", "dm")
         ]
         await sim.wait_until(lambda: all(sim.replies_to(i) for i in ids), t(5), "four echoes")
-    finally:
-        gw.request_stop(0, "test")
-        assert await asyncio.wait_for(task, t(10)) == 0
+    assert task.result() == 0
     assert sim.connections[-1].close_code == 1000
-    _, (row,), history = stored(config)
+    _, (row,), history = stored_for(config)
     assert row["declared_state"] == "stopped"
     assert [h["to_state"] for h in history if h["from_state"] != h["to_state"]] == [
         "connected",

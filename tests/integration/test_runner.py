@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,10 @@ from hermes.config import load_config
 from hermes.ledger import Ledger
 from hermes.runner import Gateway
 from tests.support.configs import write_config
+from tests.support.inprocess import gateway
 from tests.support.notify import NotifyListener
 from tests.support.proc import HERMES, GatewayProcess, run_cli
 from tests.support.timing import t
-from watchdog.notify import Notifier
 from watchdog.store import StateStore
 
 TICK = 0.1
@@ -47,35 +48,13 @@ def qq(sim: QQSimulator, **extra: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def sim(monkeypatch) -> AsyncIterator[QQSimulator]:
-    async with QQSimulator(heartbeat_interval=0.2) as s:
-        monkeypatch.setenv("QQ_SECRET", s.client_secret)
-        yield s
-
-
-class Running:
-    def __init__(self, config: Path, notify: NotifyListener | None) -> None:
-        self.config = config
-        self.gw = Gateway(
-            load_config(config),
-            notifier=Notifier(notify.address if notify else None, watchdog_timeout=10),
-        )
-        self.task: asyncio.Task[int] | None = None
-
-    async def __aenter__(self) -> Running:
-        self.task = asyncio.get_running_loop().create_task(self.gw.run(), name="test:gateway")
-        ready = asyncio.ensure_future(self.gw.ready.wait())
-        await asyncio.wait({self.task, ready}, timeout=t(20), return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        assert not self.task.done(), "the gateway did not start"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        if not self.task.done():
-            self.gw.request_stop(0, "test finished")
-        assert await asyncio.wait_for(self.task, t(20)) == 0
+@asynccontextmanager
+async def serving(config: Path, notify: NotifyListener | None) -> AsyncIterator[Gateway]:
+    """The gateway READY for the block, and exiting 0 once it is done."""
+    async with gateway(config, notify) as (gw, task):
+        assert not task.done(), "the gateway did not start"
+        yield gw
+    assert task.result() == 0
 
 
 def ledger_for(config: Path) -> tuple[Ledger, StateStore]:
@@ -140,7 +119,7 @@ async def test_each_handler_kind_replies_through_the_platform_and_records_its_ru
         {"name": "echo", "handler": "echo"},
     ]
     config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         await sim.wait_ready(t(5))
         ids = {
             "cmd": await sim.send_message("group", "/cmd deploy staging", author="U7", chat="G1"),
@@ -199,11 +178,11 @@ async def test_failing_handlers_are_recorded_and_send_nothing(tmp_path, sim, not
         },
     ]
     config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
-    async with Running(config, notify_path) as running:
+    async with serving(config, notify_path) as gw:
         await sim.wait_ready(t(5))
         for text in ("/bad", "/type", "/missing"):
             await sim.send_message("c2c", text)
-        runner = running.gw.runner
+        runner = gw.runner
         assert runner is not None
         await notify_path.until(lambda: runner.completed >= 3, t(10), "three runs")
     by_route = {r["name"]: r for r in runs(config)}
@@ -242,7 +221,7 @@ async def test_a_hanging_handler_times_out_while_pings_and_other_platforms_go_on
         ]
         platforms = {"qq-a": qq(sim), "qq-b": {**qq(other), "client_secret": "env:QQ_OTHER_SECRET"}}
         config = write_config(tmp_path, platforms, tick=TICK, routes=routes)
-        async with Running(config, notify_path) as running:
+        async with serving(config, notify_path) as gw:
             await sim.wait_ready(t(5))
             await other.wait_ready(t(5))
             await sim.send_message("c2c", "/hang")
@@ -259,7 +238,7 @@ async def test_a_hanging_handler_times_out_while_pings_and_other_platforms_go_on
                 t(0.5),
                 "a ping during the hang",
             )
-            runner = running.gw.runner
+            runner = gw.runner
             assert runner is not None
             await notify_path.until(lambda: runner.completed >= 5, t(10), "the hanging runs to end")
         by_route = {r["name"]: r for r in runs(config) if r["name"] != "echo"}
@@ -280,7 +259,7 @@ async def test_route_concurrency_is_limited(tmp_path, sim, notify_path):
         }
     ]
     config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         await sim.wait_ready(t(5))
         ids = [await sim.send_message("c2c", f"m{i}") for i in range(3)]
         await sim.wait_until(lambda: all(sim.replies_to(i) for i in ids), t(10), "three replies")
@@ -299,11 +278,11 @@ async def test_replies_for_a_platform_that_is_down_wait_and_go_out_when_it_is_ba
         {"name": "slow", "handler": "python", "function": "tests.handlers_for_tests:slow"}
     ]
     config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
-    async with Running(config, notify_path) as running:
+    async with serving(config, notify_path) as gw:
         await sim.wait_ready(t(5))
         mid = await sim.send_message("c2c", "are you there?")
         await sim.refuse_connections()  # the platform goes down while the handler works
-        record = running.gw.board["qq"]
+        record = gw.board["qq"]
         await notify_path.until(
             lambda: any(r["status"] == "pending" for r in outbox(config)), t(5), "the reply queued"
         )
@@ -328,7 +307,7 @@ async def test_replies_past_the_platforms_reply_window_expire(
         {"name": "slow", "handler": "python", "function": "tests.handlers_for_tests:slow"}
     ]
     config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, routes=routes)
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         await sim.wait_ready(t(5))
         mid = await sim.send_message("c2c", "too late")
         await sim.refuse_connections()
@@ -401,7 +380,7 @@ async def test_a_scheduled_job_fires_on_time_and_sends_to_its_targets(tmp_path, 
         }
     ]
     config = write_config(tmp_path, {"qq": qq(sim)}, tick=TICK, jobs=jobs)
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         await sim.wait_ready(t(5))
         await sim.wait_until(lambda: len(sim.sent) >= 6, t(10), "three runs to two targets")
     job_runs = [r for r in runs(config) if r["name"] == "tick" and r["status"] == "ok"]
@@ -428,13 +407,13 @@ async def test_jobs_survive_a_restart_without_double_firing_and_misses_follow_th
         "coalesce": coalesce,
     }
     config = write_config(tmp_path, {"demo": {"adapter": "demo"}}, tick=TICK, jobs=[job])
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         await notify_path.until(
             lambda: len([r for r in runs(config) if r["status"] == "ok"]) >= 3, t(10), "three runs"
         )
     stopped = max(r["scheduled_for"] for r in runs(config))
     await asyncio.sleep(1.6)  # the gateway is down while slots go by: time itself is the input
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         restarted = now = datetime.now(UTC)
         await notify_path.until(
             lambda: any(r["status"] == "ok" and r["scheduled_for"] > now for r in runs(config)),
@@ -484,7 +463,7 @@ async def test_a_command_job_gets_its_run_as_json_and_environment_and_nothing_el
         jobs=jobs,
         extra="[runner]\nrequest_poll = 0.1\n",
     )
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         run = await asyncio.to_thread(
             run_cli,
             HERMES,
@@ -532,7 +511,7 @@ async def test_jobs_cli_runs_pauses_and_resumes_against_a_running_gateway(tmp_pa
         jobs=jobs,
         extra="[runner]\nrequest_poll = 0.1\n",
     )
-    async with Running(config, notify_path):
+    async with serving(config, notify_path):
         run = await asyncio.to_thread(
             run_cli,
             HERMES,
@@ -630,8 +609,8 @@ async def test_reload_adds_changes_and_removes_jobs_in_the_job_store(tmp_path, n
             job("drop", cron="0 11 * * *"),
         ],
     )
-    async with Running(config, notify_path) as running:
-        jobs = running.gw.jobs
+    async with serving(config, notify_path) as gw:
+        jobs = gw.jobs
         assert jobs is not None
         before = {j.id: j.next_run_time for j in jobs.scheduler.get_jobs()}
         write_config(
@@ -644,7 +623,7 @@ async def test_reload_adds_changes_and_removes_jobs_in_the_job_store(tmp_path, n
                 job("new", interval=3600),
             ],
         )
-        assert await running.gw.reload()
+        assert await gw.reload()
         after = {j.id: j.next_run_time for j in jobs.scheduler.get_jobs()}
     assert set(after) == {"keep", "change", "new"}
     assert after["keep"] == before["keep"]
