@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
-PG_URL = os.environ.get(
-    "HERMES_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 @dataclass
@@ -82,25 +80,11 @@ def verdict(value: float, limit: float) -> str:
     return "met" if value <= limit else "**MISSED**"
 
 
-def fresh_pg_schema() -> tuple[str, Any]:
+def fresh_pg_schema() -> tuple[str, Callable[[], None]]:
     """A new schema in the test PostgreSQL (HERMES_TEST_POSTGRES_URL): its URL and a dropper."""
-    import uuid
+    from tests.support.pg import create_schema
 
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    schema = f"hermes_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False), drop
+    return create_schema("hermes_bench")
 
 
 def save(sections: list[Section], path: Path | None = None) -> Path:

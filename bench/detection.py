@@ -9,15 +9,13 @@ TTL + one tick; escalation to exit within 2 s.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from common import REPO, Section, median, p95, verdict
+from common import Section, median, p95, verdict
 
 from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.config import load_config
@@ -127,7 +125,7 @@ async def one_run(mode: str, tmp: Path) -> dict[str, float]:
 
 def sandbox_runs(repeats: int) -> dict[str, list[float]]:
     """Under a real systemd: from the fault to the restarted gateway's READY (ActiveEnter)."""
-    from tests.integration.test_systemd import UNIT, sandbox, unit_for
+    from tests.support.gateway_unit import UNIT, sandbox, sandbox_workdir, unit_config, unit_for
     from tests.support.sandbox import sandbox_unavailable_reason
 
     if sandbox_unavailable_reason():
@@ -138,10 +136,8 @@ def sandbox_runs(repeats: int) -> dict[str, list[float]]:
         ("blocked event loop", "2s", ["block 30"]),
     ):
         for _ in range(repeats):
-            workdir = REPO / ".sandbox" / f"bench-{uuid.uuid4().hex[:8]}"
-            workdir.mkdir(parents=True)
-            try:
-                config = write_config(
+            with sandbox_workdir("bench") as workdir:
+                config = unit_config(
                     workdir,
                     {
                         "bot": {
@@ -150,8 +146,7 @@ def sandbox_runs(repeats: int) -> dict[str, list[float]]:
                         }
                     },
                     tick=TICK,
-                    store={"directory": str(workdir / "state")},
-                    gateway={"log_level": "INFO"},
+                    log_level="INFO",
                 )
                 with sandbox(
                     workdir,
@@ -180,8 +175,6 @@ def sandbox_runs(repeats: int) -> dict[str, list[float]]:
                     if line.startswith(f"SCRIPT bot {marker} ")
                 )
                 out[mode].append(ready_us / 1e6 - fault)
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
     return out
 
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from common import REPO, Section, median, p95, verdict
+from common import Section, median, p95, verdict
 
 from tests.support.configs import write_config
 from tests.support.notify import NotifyListener
@@ -58,22 +56,14 @@ def import_profile() -> list[tuple[str, float]]:
 
 
 def kill_to_ready(repeats: int) -> list[float]:
-    from tests.integration.test_systemd import UNIT, sandbox, unit_for
+    from tests.support.gateway_unit import UNIT, sandbox, sandbox_workdir, unit_config, unit_for
     from tests.support.sandbox import sandbox_unavailable_reason
 
     if sandbox_unavailable_reason():
         return []
     out = []
-    workdir = REPO / ".sandbox" / f"bench-{uuid.uuid4().hex[:8]}"
-    workdir.mkdir(parents=True)
-    try:
-        config = write_config(
-            workdir,
-            {"bot": {"adapter": "demo"}},
-            tick=0.5,
-            store={"directory": str(workdir / "state")},
-            gateway={"log_level": "WARNING"},
-        )
+    with sandbox_workdir("bench") as workdir:
+        config = unit_config(workdir, {"bot": {"adapter": "demo"}}, tick=0.5, log_level="WARNING")
         with sandbox(
             workdir, unit_for(workdir, config, watchdog_sec="20s", start_limit_burst=100)
         ) as sb:
@@ -98,8 +88,6 @@ def kill_to_ready(repeats: int) -> list[float]:
                     what="ready again",
                 )
                 out.append(int(seen["ActiveEnterTimestampMonotonic"]) / 1e6 - killed)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return out
 
 

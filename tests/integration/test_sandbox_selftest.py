@@ -9,18 +9,17 @@ and that ``close()`` leaves no process behind.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.gateway_unit import sandbox_workdir
+from tests.support.proc import REPO
 from tests.support.sandbox import TIME_FACTOR, SystemdSandbox, sandbox_unavailable_reason
 
 pytestmark = pytest.mark.systemd
-REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT = "sandbox-selftest.service"
 STATUS_TEXT = "状态正常 (watchdog self-test)"
 
@@ -120,7 +119,7 @@ def _hardening(workdir: Path) -> str:
 def _preserve() -> list[Path]:
     # sys.executable may live in a clean clone under /tmp (e.g. /tmp/cleancheck/.venv), which
     # the sandbox covers with a tmpfs unless it is preserved.
-    return [REPO_ROOT, Path(os.path.realpath(sys.prefix))]
+    return [REPO, Path(os.path.realpath(sys.prefix))]
 
 
 @pytest.fixture
@@ -128,17 +127,10 @@ def workdir() -> Iterator[Path]:
     reason = sandbox_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    # Inside the repo rather than the host's /tmp: the sandbox's /tmp is a private tmpfs, and the
-    # files must be readable from the host afterwards.  (When the repo itself is under /tmp, as
-    # in CI, the harness keeps workdir visible at the same path.)
-    path = REPO_ROOT / ".sandbox" / f"selftest-{uuid.uuid4().hex[:12]}"
-    path.mkdir(parents=True)
-    service = SERVICE_PY.format(status=STATUS_TEXT, linger=0.5 * TIME_FACTOR)
-    (path / "svc.py").write_text(service, encoding="utf-8")
-    try:
+    with sandbox_workdir("selftest") as path:
+        service = SERVICE_PY.format(status=STATUS_TEXT, linger=0.5 * TIME_FACTOR)
+        (path / "svc.py").write_text(service, encoding="utf-8")
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("hardened", [False, True], ids=["plain", "hardened"])

@@ -1,28 +1,18 @@
-"""The gateway under a real systemd (sandboxed), run by the unit file from deploy/.
-
-The unit is adapted only where this machine differs from a production host: paths,
-no DynamicUser (the sandbox has no user database for it), no StateDirectory= (it would
-create /var/lib/hermes on the shared filesystem), short timers so the test is quick.
-Every hardening directive stays, except ProtectHome=yes -> read-only: this machine's
-Python lives under /root (pyenv), which ProtectHome=yes hides.
-"""
+"""The gateway under a real systemd (sandboxed), run by the unit file from deploy/
+(adapted to this machine as tests.support.gateway_unit explains)."""
 
 from __future__ import annotations
 
-import shutil
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.configs import write_config
-from tests.support.proc import HERMES, HERMES_WATCHDOG, REPO, run_cli
-from tests.support.sandbox import SystemdSandbox, sandbox_unavailable_reason
+from tests.support.gateway_unit import UNIT, sandbox, sandbox_workdir, unit_config, unit_for
+from tests.support.proc import HERMES_WATCHDOG, run_cli
+from tests.support.sandbox import sandbox_unavailable_reason
 
 pytestmark = pytest.mark.systemd
-UNIT = "hermes-gateway.service"
 PROPS = (
     "NRestarts",
     "Result",
@@ -34,87 +24,21 @@ PROPS = (
 )
 
 
-def adapt_unit(text: str, set_: dict[str, str | None], add: dict[str, list[str]]) -> str:
-    """Replace (or with None remove) ``Key=`` lines, and append lines to sections."""
-    out: list[str] = []
-    section = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            if section in add:
-                out.extend(add.pop(section))
-            section = stripped
-        key = (
-            stripped.split("=", 1)[0] if "=" in stripped and not stripped.startswith("#") else None
-        )
-        if key in set_:
-            value = set_[key]
-            if value is not None:
-                out.append(f"{key}={value}")
-            set_ = {k: v for k, v in set_.items() if k != key} if value is not None else set_
-            continue
-        out.append(line)
-    if section in add:
-        out.extend(add.pop(section))
-    assert not add, f"sections not found: {list(add)}"
-    return "\n".join(out) + "\n"
-
-
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     reason = sandbox_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    path = REPO / ".sandbox" / f"gw-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    try:
+    with sandbox_workdir("gw") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def unit_for(workdir: Path, config: Path, *, watchdog_sec: str, start_limit_burst: int) -> str:
-    deployed = (REPO / "deploy" / UNIT).read_text()
-    binds = [f"BindReadOnlyPaths={REPO}"] if str(REPO).startswith(("/tmp/", "/var/tmp/")) else []
-    return adapt_unit(
-        deployed,
-        {
-            "After": None,
-            "Wants": None,
-            "StartLimitBurst": str(start_limit_burst),
-            "ExecStart": f"{HERMES} run --config {config}",
-            "WatchdogSec": watchdog_sec,
-            "RestartSec": "500ms",
-            "DynamicUser": None,
-            "StateDirectory": None,
-            "StateDirectoryMode": None,
-            "ProtectHome": "read-only",
-        },
-        {
-            "[Unit]": ["DefaultDependencies=no"],
-            "[Service]": [
-                f"ReadWritePaths={workdir}",
-                f"StandardOutput=append:{workdir}/gateway.log",
-                "StandardError=inherit",
-                f"Environment=PYTHONPATH={REPO}",
-                *binds,
-            ],
-        },
-    )
-
-
-def sandbox(workdir: Path, unit: str) -> SystemdSandbox:
-    preserve = [REPO, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
-    return SystemdSandbox(workdir, {UNIT: unit}, wants=[UNIT], preserve=preserve)
 
 
 def test_a_silently_dying_adapter_gets_the_unit_restarted_and_the_reason_stays_in_sql(workdir):
-    config = write_config(
+    config = unit_config(
         workdir,
         {"bot": {"adapter": "demo", "die_after": 1.0, "event_interval": 0.2, "restart_max": 0}},
         tick=0.25,
-        store={"directory": str(workdir / "state")},
-        gateway={"log_level": "INFO"},
+        log_level="INFO",
     )
     unit = unit_for(workdir, config, watchdog_sec="3s", start_limit_burst=3)
     log = workdir / "gateway.log"
@@ -157,12 +81,11 @@ def test_a_silently_dying_adapter_gets_the_unit_restarted_and_the_reason_stays_i
 
 
 def test_a_frozen_event_loop_is_killed_by_systemd_with_every_stack_dumped(workdir):
-    config = write_config(
+    config = unit_config(
         workdir,
         {"bot": {"runs": [["connect", "behave 0.5", "block 30"]]}},
         tick=0.25,
-        store={"directory": str(workdir / "state")},
-        gateway={"log_level": "INFO"},
+        log_level="INFO",
     )
     unit = unit_for(workdir, config, watchdog_sec="2s", start_limit_burst=5)
     log = workdir / "gateway.log"

@@ -60,16 +60,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from tests.support.timing import TIME_FACTOR
+from tests.support.timing import t as _scaled  # every timeout here, and those callers pass in
+
 __all__ = [
     "SYSTEMD_BINARY",
     "TIME_FACTOR",
     "SystemdSandbox",
     "sandbox_unavailable_reason",
 ]
-
-#: Multiplies every timeout in this module (and those callers pass in), so slow CI machines can
-#: be given more time without editing tests.
-TIME_FACTOR = float(os.environ.get("HERMES_TEST_TIME_FACTOR", "1"))
 
 #: The systemd binary booted as the namespace's PID 1.
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
@@ -118,11 +117,6 @@ _MANAGER_UP = frozenset(
 )
 
 _POLL_INTERVAL = 0.1
-
-
-def _scaled(seconds: float) -> float:
-    """Scale a nominal timeout by :data:`TIME_FACTOR`."""
-    return seconds * TIME_FACTOR
 
 
 def sandbox_unavailable_reason() -> str | None:
