@@ -51,6 +51,9 @@ class Fault:
     delay: float = 0.0
     drop: bool = False
 
+    def answer(self) -> Any:
+        return self.body or {"code": self.status, "message": "scripted failure"}
+
 
 @dataclass
 class SentMessage:
@@ -592,11 +595,7 @@ class QQSimulator:
             if fault.drop:
                 return -1, None, False
         if fault is not None and endpoint != "message":
-            return (
-                fault.status,
-                fault.body or {"code": fault.status, "message": "scripted failure"},
-                True,
-            )
+            return fault.status, fault.answer(), True
         if endpoint == "token":
             return self._token(headers, raw)
         if not self._token_ok(headers.get("authorization")):
@@ -678,10 +677,7 @@ class QQSimulator:
         except ValueError:
             body = None
         if fault is not None:
-            status, answer = (
-                fault.status,
-                fault.body or {"code": fault.status, "message": "scripted failure"},
-            )
+            status, answer = fault.status, fault.answer()
         else:
             status, answer = self._check_message(kind, body)
         self.sent.append(
@@ -725,7 +721,7 @@ class QQSimulator:
             "id": sent_id,
             "content": content,
             "timestamp": now,
-            "author": {"id": "6158788878435714165", "bot": True},
+            "author": {"id": BOT_USER["id"], "bot": True},
         }
 
     # -- inspection helpers
