@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -435,6 +436,21 @@ async def test_jobs_survive_a_restart_without_double_firing_and_misses_follow_th
     )
 
 
+def job_config(directory: Path, jobs: list[dict[str, Any]]) -> Path:
+    """A demo platform and ``jobs``; requests from ``hermes jobs run`` picked up within 0.1 s."""
+    return write_config(
+        directory,
+        {"demo": {"adapter": "demo"}},
+        tick=TICK,
+        jobs=jobs,
+        extra="[runner]\nrequest_poll = 0.1\n",
+    )
+
+
+async def jobs_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run_cli, HERMES, "jobs", "--config", str(config), *args)
+
+
 async def test_a_command_job_gets_its_run_as_json_and_environment_and_nothing_else(
     tmp_path, notify_path, monkeypatch
 ):
@@ -456,26 +472,9 @@ async def test_a_command_job_gets_its_run_as_json_and_environment_and_nothing_el
             "targets": ["demo:c2c:nobody"],
         }
     ]
-    config = write_config(
-        tmp_path,
-        {"demo": {"adapter": "demo"}},
-        tick=TICK,
-        jobs=jobs,
-        extra="[runner]\nrequest_poll = 0.1\n",
-    )
+    config = job_config(tmp_path, jobs)
     async with serving(config, notify_path):
-        run = await asyncio.to_thread(
-            run_cli,
-            HERMES,
-            "jobs",
-            "--config",
-            str(config),
-            "run",
-            "nightly.report",
-            "--wait",
-            "--timeout",
-            "10",
-        )
+        run = await jobs_cli(config, "run", "nightly.report", "--wait", "--timeout", "10")
     assert run.returncode == 0, run.stdout + run.stderr
     (row,) = runs(config)
     got = json.loads(row["output"])
@@ -504,48 +503,23 @@ async def test_jobs_cli_runs_pauses_and_resumes_against_a_running_gateway(tmp_pa
             "targets": ["demo:c2c:nobody"],
         }
     ]
-    config = write_config(
-        tmp_path,
-        {"demo": {"adapter": "demo"}},
-        tick=TICK,
-        jobs=jobs,
-        extra="[runner]\nrequest_poll = 0.1\n",
-    )
+    config = job_config(tmp_path, jobs)
     async with serving(config, notify_path):
-        run = await asyncio.to_thread(
-            run_cli,
-            HERMES,
-            "jobs",
-            "--config",
-            str(config),
-            "run",
-            "daily",
-            "--wait",
-            "--timeout",
-            "10",
-        )
+        run = await jobs_cli(config, "run", "daily", "--wait", "--timeout", "10")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "report from daily (manual)" in run.stdout
-        paused = await asyncio.to_thread(
-            run_cli, HERMES, "jobs", "--config", str(config), "pause", "daily"
-        )
+        paused = await jobs_cli(config, "pause", "daily")
         assert paused.returncode == 0, paused.stderr
-        listed = await asyncio.to_thread(run_cli, HERMES, "jobs", "--config", str(config), "list")
+        listed = await jobs_cli(config, "list")
         assert "paused" in listed.stdout
-        resumed = await asyncio.to_thread(
-            run_cli, HERMES, "jobs", "--config", str(config), "resume", "daily"
-        )
+        resumed = await jobs_cli(config, "resume", "daily")
         assert resumed.returncode == 0
-        listed = await asyncio.to_thread(run_cli, HERMES, "jobs", "--config", str(config), "list")
+        listed = await jobs_cli(config, "list")
         assert "paused" not in listed.stdout
         assert "09:00:00" in listed.stdout
-        history = await asyncio.to_thread(
-            run_cli, HERMES, "jobs", "--config", str(config), "history", "daily"
-        )
+        history = await jobs_cli(config, "history", "daily")
         assert "manual" in history.stdout
-        unknown = await asyncio.to_thread(
-            run_cli, HERMES, "jobs", "--config", str(config), "run", "nightly"
-        )
+        unknown = await jobs_cli(config, "run", "nightly")
         assert unknown.returncode == 2
         assert "no job named 'nightly'" in unknown.stderr
 
