@@ -116,13 +116,19 @@ class WatchdogEngine:
         if verdict.health is Health.FAILING:
             reason = verdict.reason
             assert reason is not None
-            delay = self.budget(record).request(now)
+            budget = self.budget(record)
+            proven = record.proven
+            delay = budget.request(now, proven=proven)
             if delay is None:
                 p = record.policy.restart
+                why = (
+                    f"{budget.unproven} restarts in a row without proof of life"
+                    if not proven and budget.unproven >= p.max_restarts
+                    else f"{p.max_restarts} restarts in {p.window:g} s"
+                )
                 spent = Reason(
                     reason.code,
-                    f"{reason.message}; restart budget spent "
-                    f"({p.max_restarts} restarts in {p.window:g} s)",
+                    f"{reason.message}; restart budget spent ({why})",
                     reason.retryable,
                 )
                 self._set_health(record, Health.FATAL, spent, now, out)

@@ -79,8 +79,11 @@ class PlatformRecord:
     health: Health
     health_since: float
     ttl: float
+    attempt_started: float = 0.0
+    """Monotonic time the current generation (adapter instance) was started."""
     last_beat: float | None = None
-    """Monotonic time of the last ``beat()``."""
+    """Monotonic time of the last ``beat()``: the last proof of life. Kept across reconnects
+    and restarts, because reconnecting or restarting proves nothing."""
     exit: TaskExit | None = None
     """Set when the current generation's task ended."""
     fatal_error: Reason | None = None
@@ -97,6 +100,19 @@ class PlatformRecord:
     dirty: bool = True
     """Changed since last handed to the store."""
     persisted_beat: float | None = None
+
+    @property
+    def alive_at(self) -> float:
+        """Where the silence is measured from: the last proof of life, or the start of the
+        current attempt if that is later (a fresh adapter instance gets one grace period;
+        a reconnect inside it gets none)."""
+        beat = self.last_beat
+        return self.attempt_started if beat is None else max(beat, self.attempt_started)
+
+    @property
+    def proven(self) -> bool:
+        """Whether the current attempt has shown any proof of life."""
+        return self.last_beat is not None and self.last_beat >= self.attempt_started
 
 
 class PlatformHandle:
@@ -187,6 +203,7 @@ class HeartbeatBoard:
             health=Health.DEGRADED,
             health_since=now,
             ttl=policy.heartbeat_ttl,
+            attempt_started=now,
         )
         self._records[name] = record
         return record
@@ -228,8 +245,7 @@ class HeartbeatBoard:
         record.fatal_error = None
         record.stop_requested = False
         record.restart_at = None
-        record.last_beat = None
-        record.persisted_beat = None
+        record.attempt_started = self.clock_monotonic()
         record.ttl = record.policy.heartbeat_ttl
         if restart:
             record.restarts += 1

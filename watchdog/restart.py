@@ -10,10 +10,12 @@ from dataclasses import dataclass
 class RestartPolicy:
     """How often a failing platform may be restarted in-process.
 
-    At most ``max_restarts`` restarts within any ``window`` seconds; the n-th
-    restart inside the window waits ``backoff_initial * backoff_factor**n``
-    seconds, capped at ``backoff_max``. ``max_restarts = 0`` makes the first
-    failure fatal.
+    At most ``max_restarts`` restarts within any ``window`` seconds, and at most
+    ``max_restarts`` restarts in a row whose attempts showed no proof of life, however
+    far apart: the window forgives restarts separated by a working platform, not one
+    long outage cut into slow attempts. The n-th restart waits
+    ``backoff_initial * backoff_factor**n`` seconds, capped at ``backoff_max``.
+    ``max_restarts = 0`` makes the first failure fatal.
     """
 
     max_restarts: int = 5
@@ -36,11 +38,13 @@ class RestartPolicy:
 class RestartBudget:
     """The restarts a platform has spent recently; pure, the caller passes ``now``."""
 
-    __slots__ = ("_times", "policy")
+    __slots__ = ("_times", "policy", "unproven")
 
     def __init__(self, policy: RestartPolicy) -> None:
         self.policy = policy
         self._times: deque[float] = deque()
+        self.unproven = 0
+        """Restarts in a row after attempts that showed no proof of life."""
 
     def _forget_old(self, now: float) -> None:
         horizon = now - self.policy.window
@@ -52,12 +56,18 @@ class RestartBudget:
         self._forget_old(now)
         return len(self._times)
 
-    def request(self, now: float) -> float | None:
-        """Spend one restart: the delay to wait before it, or ``None`` when the budget is spent."""
+    def request(self, now: float, *, proven: bool = True) -> float | None:
+        """Spend one restart: the delay to wait before it, or ``None`` when the budget is spent.
+
+        ``proven`` says whether the failed attempt showed any proof of life.
+        """
         self._forget_old(now)
         p = self.policy
-        if len(self._times) >= p.max_restarts:
+        unproven = 0 if proven else self.unproven + 1
+        if len(self._times) >= p.max_restarts or unproven > p.max_restarts:
             return None
-        delay = min(p.backoff_initial * p.backoff_factor ** len(self._times), p.backoff_max)
+        spent = max(len(self._times), unproven - 1)
+        delay = min(p.backoff_initial * p.backoff_factor**spent, p.backoff_max)
         self._times.append(now)
+        self.unproven = unproven
         return delay

@@ -36,8 +36,11 @@ def judge(record: PlatformRecord, now: float, policy: PlatformPolicy) -> Verdict
     1. an explicit fatal error from the adapter;
     2. the task ended although nobody asked it to stop (crashed, or returned silently);
     3. ``stopped`` declared although nobody asked it to stop;
-    4. ``connected`` but the last heartbeat (or the connect itself) is older than the TTL;
-    5. ``reconnecting`` or ``starting`` for longer than allowed.
+    4. ``connected`` but no proof of life (a beat, or the start of the attempt) within the TTL;
+    5. ``reconnecting`` or ``starting`` without proof of life for longer than allowed.
+
+    ``ok`` needs a beat within the TTL: a platform that has shown no proof of life for its
+    TTL is never ``ok``, however often it reconnects.
     """
     if record.stop_requested:
         return Verdict(record.health, record.reason)
@@ -54,33 +57,60 @@ def judge(record: PlatformRecord, now: float, policy: PlatformPolicy) -> Verdict
             reasons.ADAPTER_EXITED, f"adapter task returned while declared {record.declared.value}"
         )
 
+    # Silence runs from the last proof of life (a beat), across reconnects: declaring
+    # ``connected`` or ``reconnecting`` again proves nothing and buys no fresh grace. Only a
+    # new attempt (a restart by the watchdog) starts a new grace period.
     state = record.declared
-    held = now - record.declared_since
+    silent = now - record.alive_at
     if state is DeclaredState.CONNECTED:
-        # A fresh connection gets one TTL of grace; beats from before it do not count.
-        beat = record.last_beat
-        silent = now - (record.declared_since if beat is None else max(beat, record.declared_since))
         if silent > record.ttl:
             return _failing(
                 reasons.HEARTBEAT_TIMEOUT,
-                f"no heartbeat for {silent:.1f} s while connected (TTL {record.ttl:g} s)",
+                f"no proof of life for {silent:.1f} s while connected (TTL {record.ttl:g} s)",
             )
+        beat = record.last_beat
+        if beat is None or now - beat > record.ttl:
+            # Connected, still inside the attempt's grace, but nothing has proved it alive.
+            return DEGRADED
         return OK
     if state is DeclaredState.RECONNECTING:
-        if held > policy.reconnect_timeout:
+        if silent > policy.reconnect_timeout:
             return _failing(
                 reasons.RECONNECT_STALLED,
-                f"reconnecting for {held:.1f} s (allowed {policy.reconnect_timeout:g} s)",
+                f"reconnecting, no proof of life for {silent:.1f} s "
+                f"(allowed {policy.reconnect_timeout:g} s)",
             )
         return DEGRADED
     if state is DeclaredState.STARTING:
-        if held > policy.start_timeout:
+        if silent > policy.start_timeout:
             return _failing(
                 reasons.START_TIMEOUT,
-                f"starting for {held:.1f} s (allowed {policy.start_timeout:g} s)",
+                f"starting, no proof of life for {silent:.1f} s "
+                f"(allowed {policy.start_timeout:g} s)",
             )
         return DEGRADED
     if state is DeclaredState.STOPPED:
         return _failing(reasons.ADAPTER_STOPPED, "adapter declared stopped without being asked to")
     # FATAL is only reachable through handle.fatal(), which also sets fatal_error.
     return Verdict(Health.FATAL, Reason(reasons.ADAPTER_FATAL, "adapter declared fatal", False))
+
+
+def escalation_bound(
+    policy: PlatformPolicy, *, ttl: float, tick_interval: float, close_timeout: float
+) -> float:
+    """The longest time, in seconds, from a platform's last proof of life to its being
+    marked fatal (pings stop), when no later attempt shows any proof of life.
+
+    Each attempt is judged failing at most ``max(ttl, start_timeout, reconnect_timeout)``
+    after it started (or after the last proof), plus one tick; a restart waits its backoff,
+    or the stop of the old instance (at most three ``close_timeout``: close, wait, cancel)
+    if that is longer. Restarts in a row without proof of life count against the budget
+    however far apart they are, so the budget is spent after ``max_restarts`` of them.
+    """
+    per_attempt = max(ttl, policy.start_timeout, policy.reconnect_timeout) + tick_interval
+    r = policy.restart
+    pauses = sum(
+        max(min(r.backoff_initial * r.backoff_factor**i, r.backoff_max), 3 * close_timeout)
+        for i in range(r.max_restarts)
+    )
+    return (r.max_restarts + 1) * per_attempt + pauses

@@ -55,10 +55,15 @@ def test_begin_attempt_resets_the_record_and_counts_restarts():
     first.beat()
     first.set_heartbeat_ttl(40)
     first.fatal("p_broken", "x", retryable=True)
+    _clock.now = 51.0
     second = board.begin_attempt(record, restart=True)
     assert second.attempt == 1
     assert record.declared is DeclaredState.STARTING
-    assert (record.last_beat, record.fatal_error, record.exit, record.ttl) == (None, None, None, 5)
+    assert (record.fatal_error, record.exit, record.ttl) == (None, None, 5)
+    # The last proof of life survives the restart (a restart proves nothing), but the new
+    # attempt has not shown any yet.
+    assert record.last_beat == 50.0
+    assert not record.proven
     assert not first.current
 
 

@@ -61,6 +61,7 @@ def test_a_state_change_is_written_at_the_next_tick_without_waiting_for_the_hear
     clock = FakeClock(start=0.0)
     job = make_job(clock, persist_every=60.0)
     handle = add(job, "bot")
+    handle.beat()
     job.batch(0.0, job.engine.evaluate(0.0).transitions, pinging=True, status="s")
     clock.advance(1)
     handle.declare(DeclaredState.RECONNECTING)

@@ -48,3 +48,23 @@ def test_zero_restarts_makes_the_first_failure_final():
 def test_nonsense_policies_are_refused(kwargs):
     with pytest.raises(ValueError, match=r"must|need"):
         RestartPolicy(**kwargs)
+
+
+def test_restarts_without_proof_of_life_in_between_spend_the_budget_however_far_apart():
+    """A zombie loop whose attempts last longer than window / max_restarts used to restart
+    for ever: each old restart left the window before the next one was counted."""
+    budget = RestartBudget(RestartPolicy(max_restarts=3, window=60, backoff_initial=1))
+    assert [budget.request(t, proven=False) for t in (0, 100, 200)] == [1, 2, 4]
+    assert budget.used(300) == 0  # the window alone would allow this one
+    assert budget.request(300, proven=False) is None
+
+
+def test_one_attempt_with_proof_of_life_forgives_the_unproven_streak():
+    budget = RestartBudget(RestartPolicy(max_restarts=2, window=60, backoff_initial=1))
+    assert budget.request(0, proven=False) == 1
+    assert budget.request(100, proven=False) == 2
+    assert budget.request(200, proven=True) == 1  # the platform worked in between
+    assert budget.unproven == 0
+    assert budget.request(300, proven=False) == 1
+    assert budget.request(400, proven=False) == 2
+    assert budget.request(500, proven=False) is None

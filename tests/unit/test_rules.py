@@ -66,28 +66,76 @@ def test_heartbeat_older_than_ttl_while_connected_is_heartbeat_timeout(setup):
     assert "TTL 10 s" in verdict.reason.message
 
 
-def test_connected_but_never_beating_times_out_one_ttl_after_connecting(setup):
+def test_connected_but_never_beating_times_out_one_ttl_after_the_attempt_started(setup):
     clock, board, record = setup
     connect(clock, board, record, T0 + 3)
-    assert judge(record, T0 + 13.0, POLICY).health is Health.OK
-    verdict = judge(record, T0 + 13.01, POLICY)
+    # Connected, but nothing has proved it alive yet: not ok, only inside the grace.
+    assert judge(record, T0 + 10.0, POLICY).health is Health.DEGRADED
+    verdict = judge(record, T0 + 10.01, POLICY)
     assert verdict.reason is not None
     assert verdict.reason.code == reasons.HEARTBEAT_TIMEOUT
 
 
-def test_beats_from_before_a_reconnect_do_not_extend_the_new_connection(setup):
+def test_connected_is_ok_only_with_a_beat_inside_the_ttl(setup):
+    clock, board, record = setup
+    connect(clock, board, record, T0 + 1)
+    assert judge(record, T0 + 2, POLICY).health is Health.DEGRADED
+    record.last_beat = T0 + 2
+    assert judge(record, T0 + 2, POLICY).health is Health.OK
+    assert judge(record, T0 + 12, POLICY).health is Health.OK
+    assert judge(record, T0 + 12.01, POLICY).health is Health.FAILING
+
+
+def test_a_reconnect_buys_no_fresh_grace(setup):
+    """A server that accepts every session and then never acknowledges: each new
+    ``connected`` used to restart the TTL, so the state said ok between zombie connections."""
     clock, board, record = setup
     record.last_beat = T0 + 1
-    connect(clock, board, record, T0 + 50)
-    assert judge(record, T0 + 59, POLICY).health is Health.OK
-    assert judge(record, T0 + 60.5, POLICY).health is Health.FAILING
+    for at in (T0 + 4, T0 + 7, T0 + 10):
+        clock.now = at
+        board.set_declared(record, DeclaredState.RECONNECTING)
+        connect(clock, board, record, at + 0.5)
+    assert judge(record, T0 + 11, POLICY).health is Health.OK
+    verdict = judge(record, T0 + 11.01, POLICY)
+    assert verdict.health is Health.FAILING
+    assert verdict.reason is not None
+    assert verdict.reason.code == reasons.HEARTBEAT_TIMEOUT
+
+
+def test_reconnecting_is_measured_from_the_last_proof_of_life_not_the_last_declaration(setup):
+    clock, board, record = setup
+    record.last_beat = T0 + 1
+    # Flapping between connected and reconnecting never resets the allowance.
+    for at in range(2, 31, 2):
+        connect(clock, board, record, T0 + at)
+        clock.now = T0 + at + 1
+        board.set_declared(record, DeclaredState.RECONNECTING)
+    assert judge(record, T0 + 31, POLICY).health is Health.DEGRADED
+    verdict = judge(record, T0 + 31.01, POLICY)
+    assert verdict.reason is not None
+    assert verdict.reason.code == reasons.RECONNECT_STALLED
+    assert "no proof of life for 30.0 s" in verdict.reason.message
+
+
+def test_a_new_attempt_gets_one_grace_period(setup):
+    clock, board, record = setup
+    record.last_beat = T0 + 1
+    clock.now = T0 + 100
+    board.begin_attempt(record, restart=True)
+    connect(clock, board, record, T0 + 101)
+    # The old beat is no proof for this attempt, and the grace runs from the attempt's start.
+    assert judge(record, T0 + 110, POLICY).health is Health.DEGRADED
+    assert judge(record, T0 + 110.01, POLICY).health is Health.FAILING
 
 
 def test_adapter_set_ttl_is_what_counts(setup):
     clock, board, record = setup
     connect(clock, board, record, T0)
     board.handle(record).set_heartbeat_ttl(60)
-    assert judge(record, T0 + 59, POLICY).health is Health.OK
+    assert judge(record, T0 + 59, POLICY).health is Health.DEGRADED
+    assert judge(record, T0 + 60.01, POLICY).health is Health.FAILING
+    record.last_beat = T0 + 59
+    assert judge(record, T0 + 119, POLICY).health is Health.OK
 
 
 def test_reconnecting_within_allowance_is_degraded(setup):
