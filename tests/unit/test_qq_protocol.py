@@ -68,6 +68,7 @@ def connected(session: Session | None = None, **kw) -> Connection:
         ('{"op": 0, "s": 7, "t": 5}', "'t' is not a string"),
         (b"\xff\xfe", "frame is not JSON"),
         ('{"op": NaN}', "frame is not JSON"),  # the standard library would take it: not JSON
+        ('{"op": 1}'.encode("utf-16"), "frame is not JSON"),  # ... and this: JSON is UTF-8
         ('{"op": 0, "d": ' + "[" * 100_000 + "]" * 100_000 + "}", "frame is not JSON"),
     ],
 )

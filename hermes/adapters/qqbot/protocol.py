@@ -71,7 +71,8 @@ def _load(raw: str | bytes) -> Any:
         # ("\ud800"), which is legal JSON and which anyone can type into a message. The
         # standard library parses what JSON allows; only what it refuses too is malformed.
         try:
-            obj = json.loads(raw, parse_constant=_no_constant)
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw  # JSON is UTF-8 only
+            obj = json.loads(text, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise QQMalformedFrame(f"frame is not JSON: {exc}") from None
         return _without_surrogates(obj)
