@@ -216,6 +216,23 @@ async def test_a_zombie_server_completes_handshakes_but_they_are_no_proof_of_lif
         await bot.stop()
 
 
+async def test_a_gateway_turning_zombie_mid_session_keeps_its_events_for_a_later_resume(sim, bot):
+    first = await sim.wait_ready(t(5))
+    await bot.proven(first)
+    last_beat = bot.record.last_beat
+    sim.go_zombie()  # this connection and the next ones: no ACK, no event
+    mid = await sim.send_message("c2c", "held back")
+    await sim.wait_until(lambda: len(sim.connections) >= 3, t(5), "two zombie reconnects")
+    assert first.close_code == 4000 and sim.connections[1].ready
+    assert bot.inbound == [] and bot.record.last_beat == last_beat
+    sim.zombie = False  # connections from now on are healthy again
+    await sim.wait_until(
+        lambda: any(c.ready and not c.zombie for c in sim.connections[1:]), t(5), "a healthy one"
+    )
+    (m,) = await bot.wait_inbound(1)  # replayed by the Resume
+    assert m.message_id == mid
+
+
 async def test_a_server_heartbeat_request_is_answered_at_once(sim, bot):
     conn = await sim.wait_ready(t(5))
     count = len(op_frames(conn, 1))

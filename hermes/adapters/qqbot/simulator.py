@@ -401,11 +401,16 @@ class QQSimulator:
         if not isinstance(seq, int) or seq > session.seq:
             await conn.ws.close(4007, "invalid seq")
             return
-        for s, text in list(session.buffer):
-            if s > seq and not conn.zombie:  # a zombie keeps them for a later resume
-                await conn.ws.send(text)
-        session.seq += 1
-        await conn.ws.send(json.dumps({"op": 0, "s": session.seq, "t": "RESUMED", "d": ""}))
+        if conn.zombie:
+            # Nothing replayed, and a RESUMED that does not move the bot's seq past what it
+            # missed: a later, healthy resume still gets every event.
+            await conn.ws.send(json.dumps({"op": 0, "s": seq, "t": "RESUMED", "d": ""}))
+        else:
+            for s, text in list(session.buffer):
+                if s > seq:
+                    await conn.ws.send(text)
+            session.seq += 1
+            await conn.ws.send(json.dumps({"op": 0, "s": session.seq, "t": "RESUMED", "d": ""}))
         conn.ready = True
         await self._notify(f"connection #{conn.number}: Resume from seq {seq} -> RESUMED")
 
