@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     qq.add_argument(
         "--heartbeat-interval",
         type=_duration_arg,
-        default=45.0,
+        default=41.25,
         metavar="DURATION",
-        help="sent in Hello (default 45s)",
+        help="sent in Hello (default 41.25s, as the platform sends)",
     )
     qq.add_argument(
         "--message-every",
@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="DURATION",
         help="then refuse connections",
+    )
+    qq.add_argument(
+        "--zombie",
+        action="store_true",
+        help="accept Identify and Resume, answer READY/RESUMED, then never ACK a heartbeat "
+        "and send no events",
+    )
+    qq.add_argument(
+        "--zombie-after",
+        type=_duration_arg,
+        default=0.0,
+        metavar="DURATION",
+        help="turn zombie (as --zombie) this long after the first READY",
     )
     qq.add_argument(
         "--ready-file",
@@ -132,6 +145,7 @@ def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
             host=args.host,
             http_port=args.http_port,
             ws_port=args.ws_port,
+            zombie=args.zombie,
         )
         sim.observer = say
         stop = asyncio.Event()
@@ -158,6 +172,7 @@ def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
                 args.messages,
                 args.silent_after,
                 args.refuse_after,
+                args.zombie_after,
             )
             driver = loop.create_task(run_script(sim, script, say), name="qq-simulator:script")
             await stop.wait()

@@ -9,18 +9,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loguru import logger
 
 from hermes.adapters.qqbot import QQBotAdapter, QQBotSettings
 from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.errors import AlreadyDelivered, QQRateLimited, SendError
 from hermes.messages import InboundMessage, OutboundMessage
 from tests.support.timing import t
-from watchdog.heartbeat import HeartbeatBoard, PlatformPolicy, PlatformRecord
+from watchdog.heartbeat import HeartbeatBoard, PlatformHandle, PlatformPolicy, PlatformRecord
 from watchdog.states import DeclaredState
 
 FAST = {
@@ -35,6 +36,20 @@ FAST = {
 }
 
 
+class WatchedHandle(PlatformHandle):
+    """A real handle that also lets a test await the adapter's next beat."""
+
+    __slots__ = ("beaten",)
+
+    def __init__(self, board: HeartbeatBoard, record: PlatformRecord) -> None:
+        super().__init__(board, record)
+        self.beaten = asyncio.Event()
+
+    def beat(self) -> None:
+        super().beat()
+        self.beaten.set()
+
+
 class Bot:
     """One adapter instance on a real heartbeat board, with its inbound messages captured."""
 
@@ -46,13 +61,14 @@ class Bot:
         self.record: PlatformRecord = self.board.register(
             "qq", "qqbot", required=True, policy=PlatformPolicy()
         )
-        handle = self.board.begin_attempt(self.record, restart=False)
+        self.board.begin_attempt(self.record, restart=False)
+        self.handle = WatchedHandle(self.board, self.record)
         values = sim.adapter_settings(client_secret="env:QQ_SECRET", **{**FAST, **settings})
         parsed = QQBotSettings.model_validate(
             values,
             context={"environ": {"QQ_SECRET": secret or sim.client_secret}, "base_dir": Path.cwd()},
         )
-        self.adapter = QQBotAdapter("qq", parsed, handle)
+        self.adapter = QQBotAdapter("qq", parsed, self.handle)
         self.inbound: list[InboundMessage] = []
         self._got = asyncio.Event()
         self.adapter.on_message = self._echo if echo else self._capture
@@ -96,6 +112,22 @@ class Bot:
     def declared(self) -> list[str]:
         return [c.new.value for c in self.board.drain_changes()]
 
+    async def proven(self, conn: Any, timeout: float = 5) -> None:
+        """Wait until an ACK of one of ``conn``'s heartbeats has been counted as a beat."""
+
+        def seen() -> bool:
+            beats = [f.at for f in conn.frames if f.op == 1]
+            return bool(beats) and (self.record.last_beat or 0) >= beats[0]
+
+        async def waiting() -> None:
+            while True:
+                self.handle.beaten.clear()
+                if seen():
+                    return
+                await self.handle.beaten.wait()
+
+        await asyncio.wait_for(waiting(), t(timeout))
+
 
 @pytest.fixture
 async def bot(sim: QQSimulator) -> AsyncIterator[Bot]:
@@ -108,6 +140,17 @@ async def bot(sim: QQSimulator) -> AsyncIterator[Bot]:
 
 def op_frames(conn: Any, op: int) -> list[Any]:
     return [f.d for f in conn.frames if f.op == op]
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """The adapters' warning lines (and worse), as logged."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), format="{message}", level="WARNING")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
 
 
 # -- the handshake
@@ -139,6 +182,55 @@ async def test_heartbeats_follow_the_hello_interval_and_acks_are_beats(sim, bot)
     await sim.wait_until(
         lambda: (bot.record.last_beat or 0) > before, t(5), "a later ACK counted as a beat"
     )
+
+
+async def test_the_first_heartbeat_goes_with_the_handshake_and_its_ack_is_the_first_beat(sim):
+    sim.heartbeat_interval = 5.0  # the next heartbeat is far: only the first can prove life
+    bot = Bot(sim).start()
+    try:
+        conn = await sim.wait_ready(t(5))
+        await bot.proven(conn)
+        (identify,) = [f for f in conn.frames if f.op == 2]
+        first = next(f for f in conn.frames if f.op == 1)
+        assert first.at - identify.at < 1.0  # not a Hello interval later
+    finally:
+        await bot.stop()
+
+
+async def test_a_zombie_server_completes_handshakes_but_they_are_no_proof_of_life(sim):
+    sim.zombie = True  # READY/RESUMED, then no ACK and no event
+    bot = Bot(sim).start()
+    try:
+        await sim.wait_until(
+            lambda: len(sim.connections) >= 3 and sim.connections[1].closed,
+            t(5),
+            "two zombie connections closed by the bot",
+        )
+        first, second = sim.connections[:2]
+        assert (first.ready, first.close_code) == (True, 4000)  # READY, then left as a zombie
+        assert op_frames(second, 6)  # and resumed, RESUMED
+        assert second.ready
+        assert bot.declared()[:2] == ["connected", "reconnecting"]
+        assert bot.record.last_beat is None  # neither READY nor RESUMED was taken for a beat
+    finally:
+        await bot.stop()
+
+
+async def test_a_gateway_turning_zombie_mid_session_keeps_its_events_for_a_later_resume(sim, bot):
+    first = await sim.wait_ready(t(5))
+    await bot.proven(first)
+    last_beat = bot.record.last_beat
+    sim.go_zombie()  # this connection and the next ones: no ACK, no event
+    mid = await sim.send_message("c2c", "held back")
+    await sim.wait_until(lambda: len(sim.connections) >= 3, t(5), "two zombie reconnects")
+    assert first.close_code == 4000 and sim.connections[1].ready
+    assert bot.inbound == [] and bot.record.last_beat == last_beat
+    sim.zombie = False  # connections from now on are healthy again
+    await sim.wait_until(
+        lambda: any(c.ready and not c.zombie for c in sim.connections[1:]), t(5), "a healthy one"
+    )
+    (m,) = await bot.wait_inbound(1)  # replayed by the Resume
+    assert m.message_id == mid
 
 
 async def test_a_server_heartbeat_request_is_answered_at_once(sim, bot):
@@ -193,6 +285,46 @@ async def test_a_malformed_frame_is_dropped_and_the_session_goes_on(sim, bot):
     assert m.text == "fine"
     assert bot.adapter.malformed == 1
     assert len(sim.connections) == 1
+
+
+async def test_unknown_opcodes_and_event_types_are_logged_once_and_ignored(sim, bot, warnings):
+    conn = await sim.wait_ready(t(5))
+    for i in range(2):
+        await sim.send_op(99, {"new": i})
+        await sim.dispatch("SOME_FUTURE_EVENT", {"new": i})
+    await sim.dispatch("GROUP_ADD_ROBOT", {"group_openid": "G"})  # documented: not logged
+    mid = await sim.send_message("c2c", "behind the unknowns")
+    (m,) = await bot.wait_inbound(1)
+    assert m.message_id == mid
+    assert len(sim.connections) == 1 and not conn.closed  # the session was kept
+    assert len(op_frames(conn, 2)) == 1
+    assert bot.adapter.unknown == {"op 99": 2, "SOME_FUTURE_EVENT": 2}
+    ignored = [line for line in warnings if "ignoring an unknown" in line]
+    assert len(ignored) == 2, ignored
+    assert any("op 99" in line for line in ignored)
+    assert any("SOME_FUTURE_EVENT" in line for line in ignored)
+
+
+async def test_a_protocol_error_ends_the_connection_but_resumes_the_session(sim, bot):
+    first = await sim.wait_ready(t(5))
+    await sim.dispatch("C2C_MESSAGE_CREATE", sim.message_payload("c2c", "one"))
+    await sim.send_op(10, {"heartbeat_interval": 200})  # a second Hello breaks the protocol
+    await sim.send_message("c2c", "two")  # kept by the server for the resume
+    second = await sim.wait_ready(t(5), count=2)
+    assert first.close_code == 4000
+    assert [f.op for f in second.frames][:1] == [6]
+    assert [m.text for m in await bot.wait_inbound(2)] == ["one", "two"]
+
+
+async def test_a_lone_surrogate_is_legal_json_and_delivered_as_u_fffd(sim, bot):
+    await sim.wait_ready(t(5))
+    mid = await sim.send_message("c2c", "bad \ud800 half")
+    assert sim.session is not None
+    assert "\\ud800" in sim.session.buffer[-1][1]  # on the wire as the JSON escape
+    (m,) = await bot.wait_inbound(1)
+    assert (m.message_id, m.text) == (mid, "bad \ufffd half")
+    assert m.text.encode("utf-8")
+    assert bot.adapter.malformed == 0
 
 
 # -- replies
@@ -533,6 +665,43 @@ async def test_a_quick_disconnect_storm_is_throttled_then_exhausted(sim):
         gaps = [b - a for a, b in itertools.pairwise(opened)]
         assert len(sim.connections) == 5
         assert gaps[-1] > gaps[0] * 2  # the backoff grew instead of hammering the server
+    finally:
+        await bot.stop()
+
+
+async def test_zombie_connections_are_failures_however_long_they_last(sim):
+    # Each zombie connection lasts one heartbeat interval (0.2 s) after READY, longer than
+    # stable_after: counted as stable, the loop would never run out.
+    sim.zombie = True
+    bot = Bot(sim, stable_after=0.1, reconnect_max_failures=2).start()
+    try:
+        await bot.ended(t(5))
+        error = bot.record.fatal_error
+        assert error is not None
+        assert error.code == "qq_reconnect_exhausted"
+        assert "showed no proof of life" in error.message
+        assert len(sim.connections) == 3
+        assert all(c.ready and c.close_code == 4000 for c in sim.connections)
+        assert bot.record.last_beat is None
+    finally:
+        await bot.stop()
+
+
+async def test_reconnects_the_server_asks_for_do_not_use_up_the_failure_count(sim):
+    bot = Bot(sim, reconnect_max_failures=2).start()
+    try:
+        for n in range(1, 5):  # four op 7s, as during a deployment of the platform
+            conn = await sim.wait_ready(t(5), count=n)
+            await bot.proven(conn)
+            await sim.send_op(7)
+        last = await sim.wait_ready(t(5), count=5)
+        assert all(c.frames[0].op == 6 for c in sim.connections[1:])  # each one resumed
+        await bot.proven(last)
+        mid = await sim.send_message("c2c", "after four reconnects")
+        (m,) = await bot.wait_inbound(1)
+        assert m.message_id == mid
+        assert bot.record.fatal_error is None
+        assert bot.adapter.reconnector.failures == 0
     finally:
         await bot.stop()
 

@@ -83,6 +83,8 @@ async def test_a_half_open_socket_is_caught_by_the_ttl_when_the_adapter_cannot_s
     )
     async with gateway(config) as (gw, task):
         await sim.wait_ready(t(5))
+        # Alive first (READY is no proof: the ACK of a heartbeat is), then half-open.
+        await sim.wait_until(lambda: gw.board["qq"].last_beat is not None, t(5), "a beat")
         sim.go_silent()
         assert await asyncio.wait_for(task, t(30)) == 75
     record = gw.board["qq"]

@@ -9,7 +9,7 @@ import pytest
 
 from hermes.adapters.qqbot.api import RATE_LIMIT_CODES, MsgSeq, message_body
 from hermes.adapters.qqbot.auth import parse_token_response
-from hermes.adapters.qqbot.events import parse_message
+from hermes.adapters.qqbot.events import KNOWN_EVENTS, MESSAGE_EVENTS, parse_message
 from hermes.adapters.qqbot.intents import Intents, parse_intents
 from hermes.adapters.qqbot.protocol import (
     Acked,
@@ -25,10 +25,14 @@ from hermes.adapters.qqbot.protocol import (
     Send,
     Session,
     SessionInvalid,
+    Unknown,
     Wait,
     decode,
     plan_after_close,
     plan_after_invalid_session,
+    plan_after_protocol_error,
+    plan_after_reconnect_request,
+    plan_after_zombie,
 )
 from hermes.errors import QQAuthError, QQMalformedFrame, QQProtocolError, QQTokenUnavailable
 from hermes.messages import OutboundMessage
@@ -63,6 +67,9 @@ def connected(session: Session | None = None, **kw) -> Connection:
         ('{"op": 0, "s": "7", "t": "X"}', "'s' is not an integer"),
         ('{"op": 0, "s": 7, "t": 5}', "'t' is not a string"),
         (b"\xff\xfe", "frame is not JSON"),
+        ('{"op": NaN}', "frame is not JSON"),  # the standard library would take it: not JSON
+        ('{"op": 1}'.encode("utf-16"), "frame is not JSON"),  # ... and this: JSON is UTF-8
+        ('{"op": 0, "d": ' + "[" * 100_000 + "]" * 100_000 + "}", "frame is not JSON"),
     ],
 )
 def test_malformed_frames_are_named(raw, message):
@@ -70,9 +77,41 @@ def test_malformed_frames_are_named(raw, message):
         decode(raw)
 
 
-def test_an_unknown_opcode_breaks_the_protocol():
-    with pytest.raises(QQProtocolError, match="unexpected op 42"):
-        connected().receive(frame(42))
+def test_an_escaped_lone_surrogate_is_legal_json_and_becomes_u_fffd():
+    # orjson refuses "\ud800" without its low half; JSON allows it, and a user can send it.
+    raw = (
+        r'{"op": 0, "s": 3, "t": "C2C_MESSAGE_CREATE", "d": {"content": "a\ud800b", "k\udfff": 1}}'
+    )
+    f = decode(raw)
+    assert f.d == {"content": "a\ufffdb", "k\ufffd": 1}
+    assert f.d["content"].encode("utf-8") == b"a\xef\xbf\xbdb"  # downstream UTF-8 cannot fail
+    # A real pair is one character, kept as it is.
+    assert decode(r'{"op": 0, "d": "\ud83d\ude00 \ud800"}').d == "\U0001f600 \ufffd"
+    session = Session()
+    (event,) = connected(session).receive(raw)
+    assert event == Dispatch("C2C_MESSAGE_CREATE", {"content": "a\ufffdb", "k\ufffd": 1}, 3, None)
+    assert session.seq == 3
+
+
+def test_an_unknown_opcode_is_ignored_and_is_no_proof_of_life():
+    conn = connected()
+    assert conn.receive(frame(99, {"new": "feature"})) == [Unknown(99)]
+    assert conn.receive(frame(2)) == [Unknown(2)]  # ours to send: odd, but harmless
+    # The connection goes on: the event behind it is delivered.
+    assert conn.receive(frame(0, {"id": "m"}, s=4, t="C2C_MESSAGE_CREATE")) == [
+        Dispatch("C2C_MESSAGE_CREATE", {"id": "m"}, 4, None)
+    ]
+
+
+def test_a_protocol_error_resumes_and_keeps_the_session():
+    plan = plan_after_protocol_error()
+    assert (plan.next, plan.clear_session, plan.requested) == (Next.RESUME, False, False)
+
+
+def test_unknown_event_types_are_told_from_documented_ones():
+    assert set(MESSAGE_EVENTS) <= KNOWN_EVENTS
+    assert {"READY", "RESUMED", "GUILD_CREATE", "GROUP_ADD_ROBOT", "FRIEND_ADD"} <= KNOWN_EVENTS
+    assert "SOME_FUTURE_EVENT" not in KNOWN_EVENTS
 
 
 # -- handshake
@@ -148,7 +187,7 @@ def test_ready_records_the_session_and_its_seq():
             0, {"version": 1, "session_id": "abc", "user": {"id": "1", "bot": True}}, s=1, t="READY"
         )
     )
-    assert actions == [Ready(False, {"id": "1", "bot": True})]
+    assert actions[0] == Ready(False, {"id": "1", "bot": True})
     assert (session.session_id, session.seq) == ("abc", 1)
 
 
@@ -159,7 +198,31 @@ def test_ready_without_a_session_id_is_a_protocol_error():
 
 def test_resumed_has_an_empty_string_as_d():
     conn = connected()
-    assert conn.receive(frame(0, "", s=2002, t="RESUMED")) == [Ready(True, {})]
+    assert conn.receive(frame(0, "", s=2002, t="RESUMED"))[0] == Ready(True, {})
+
+
+@pytest.mark.parametrize(
+    ("t", "d"), [("READY", {"session_id": "abc"}), ("RESUMED", "")], ids=["ready", "resumed"]
+)
+def test_the_handshake_is_no_proof_of_life_and_sends_the_first_heartbeat_at_once(t, d):
+    # Proof of life is an ACK or an event. The first heartbeat goes with the handshake (as
+    # the official SDK sends it), so that its ACK proves the connection within one round
+    # trip rather than one Hello interval (41 s on the platform) later.
+    session = Session()
+    session.seq = 7
+    conn = connected(session)
+    actions = conn.receive(frame(0, d, s=8, t=t))
+    assert [type(a) for a in actions] == [Ready, Send]
+    assert sent(actions) == [{"op": 1, "d": 8}]
+    assert conn.awaiting_ack
+    assert conn.receive(frame(11)) == [Acked()]
+
+
+def test_no_second_heartbeat_with_the_handshake_while_one_awaits_its_ack():
+    conn = connected()
+    assert conn.heartbeat() is not None
+    assert conn.receive(frame(0, {"session_id": "abc"}, s=1, t="READY")) == [Ready(False, {})]
+    assert not conn.zombie
 
 
 # -- dispatches and seq
@@ -265,6 +328,14 @@ def test_invalid_session_resumes_only_when_the_server_says_so():
     assert (identify.next, identify.clear_session) == (Next.IDENTIFY, True)
 
 
+def test_only_op_7_and_op_9_are_reconnects_the_server_asked_for():
+    assert plan_after_reconnect_request().requested
+    assert plan_after_invalid_session(True).requested
+    assert plan_after_invalid_session(False).requested
+    assert not plan_after_zombie().requested
+    assert not any(plan_after_close(code).requested for code in (None, 1000, 4009, 4006))
+
+
 # -- reconnect timing
 
 
@@ -296,9 +367,46 @@ def test_a_stable_connection_resets_the_backoff():
 def test_a_quick_disconnect_storm_keeps_growing_the_backoff_and_is_exhausted():
     r = reconnector(max_failures=3)
     backoff = Plan(Next.RESUME)
-    # Connections that reach READY but drop within seconds count as failures.
+    # Connections that reach READY and prove life, but drop within seconds, are failures.
     assert [r.after(backoff, 2.0) for _ in range(3)] == [1, 2, 4]
     assert r.after(backoff, 2.0) is None
+
+
+def test_zombie_connections_are_failures_however_long_they_last():
+    # The adapter passes no proof (None) for a connection that never had an ACK or an event,
+    # be it up for minutes: a zombie server cannot reset the count by keeping them open.
+    r = reconnector(max_failures=2)
+    assert [r.after(plan_after_zombie(), None) for _ in range(2)] == [0.0, 1]
+    assert r.after(plan_after_zombie(), None) is None
+
+
+def test_reconnects_the_server_asked_for_are_no_failures_once_life_was_proven():
+    r = reconnector(max_failures=2)
+    op7 = plan_after_reconnect_request()
+    # Four op 7s, each after the connection had proven life for 4 s (a platform deployment):
+    # at once the first time, then backing off, and never exhausted.
+    assert [r.after(op7, 4.0) for _ in range(4)] == [0.0, 1, 2, 4]
+    assert r.failures == 0
+    assert r.after(Plan(Next.RESUME), 120.0) == 1  # a stable connection resets the backoff
+    # If the reconnect asked for then fails, that failure counts as usual.
+    r.after(op7, 4.0)
+    assert r.after(Plan(Next.RESUME), None) == 2
+    assert r.failures == 1
+
+
+def test_an_invalid_session_before_proof_counts_only_if_the_next_connection_proves_nothing():
+    r = reconnector(max_failures=3)
+    # op 9 answering our Resume (no proof on that connection), then an Identify that works:
+    assert r.after(plan_after_invalid_session(False), None) == 1
+    assert r.failures == 0
+    assert r.after(plan_after_reconnect_request(), 3.0) == 2  # op 7 after that one's proof
+    assert r.failures == 0
+    # A server that asks again and again without ever proving life runs out the count,
+    # one connection late.
+    op7 = plan_after_reconnect_request()
+    assert [r.after(op7, None) is None for _ in range(4)] == [False] * 4
+    assert r.failures == 3
+    assert r.after(op7, None) is None
 
 
 def test_a_requested_reconnect_is_immediate_once_then_backs_off():

@@ -6,15 +6,17 @@ as :class:`~.protocol.Reconnector` says, go again. Every way out of the loop eit
 declares ``stopped`` (after :meth:`close`) or reports a fatal error; the watchdog
 catches whatever slips through anyway.
 
-Beats come from heartbeat ACKs and dispatched events only. The heartbeat TTL follows
-the server's Hello interval. Heartbeats go from a task owned by the connection; an ACK
-missing at the next heartbeat marks the connection a zombie: it is closed with a
-non-1000 code and resumed.
+Beats come from heartbeat ACKs and dispatched events only (proof of life), never from
+READY/RESUMED. The heartbeat TTL follows the server's Hello interval. The first heartbeat
+goes right after READY/RESUMED, the next ones every interval from a task owned by the
+connection; an ACK missing at the next heartbeat marks the connection a zombie: it is
+closed with a non-1000 code and resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -43,9 +45,11 @@ from hermes.adapters.qqbot.protocol import (
     Send,
     Session,
     SessionInvalid,
+    Unknown,
     Wait,
     plan_after_close,
     plan_after_invalid_session,
+    plan_after_protocol_error,
     plan_after_reconnect_request,
     plan_after_zombie,
 )
@@ -67,6 +71,8 @@ PRODUCTION_API = "https://api.sgroup.qq.com"
 REPLY_WINDOWS = {"c2c": 3600.0, "group": 300.0, "channel": 300.0, "dm": 300.0}
 """Passive-reply windows from the platform's documentation (seconds)."""
 PRODUCTION_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
+UNKNOWN_KINDS_MAX = 64
+"""Distinct unknown opcodes and event types counted (and logged) one by one; the rest together."""
 
 
 def _http_url(value: str) -> str:
@@ -89,7 +95,9 @@ class QQBotSettings(AdapterSettings):
     reconnect_backoff: Duration = 1.0
     reconnect_backoff_max: Duration = 60.0
     reconnect_max_failures: Annotated[int, Field(ge=0)] = 10
-    """Connections in a row that fail or do not stay up ``stable_after``, before giving up."""
+    """Connections in a row that fail, show no proof of life, or do not keep proving it for
+    ``stable_after``, before giving up. Reconnects the server asked for (op 7, op 9) are not
+    failures once a connection proves life (see :class:`~.protocol.Reconnector`)."""
     stable_after: Duration = 60.0
     rate_limit_delay: Duration = 5.0
     """Least wait after close code 4008 (sending too fast)."""
@@ -118,8 +126,11 @@ class Outcome:
     """How one connection ended."""
 
     plan: Plan
-    lasted: float | None
-    """Seconds it was usable (READY/RESUMED to its end); None if it never was."""
+    ready: bool
+    """It reached READY/RESUMED: the token and the session were accepted."""
+    proven_for: float | None
+    """Seconds from READY/RESUMED to its last proof of life (an ACK or an event); None if it
+    showed none."""
     detail: str
 
 
@@ -150,6 +161,8 @@ class QQBotAdapter(Adapter):
         self.tasks = TaskRegistry()
         self.duplicates = 0
         self.malformed = 0
+        self.unknown: dict[str, int] = {}
+        """Frames ignored as new to us, by opcode or event type (each logged the first time)."""
         self._ws: ClientConnection | None = None
 
     # -- lifecycle
@@ -220,15 +233,16 @@ class QQBotAdapter(Adapter):
                     return
                 assert self.tokens is not None
                 self.tokens.invalidate()
-            elif outcome.lasted is not None:
+            elif outcome.ready:
                 auth_failures = 0
             if plan.clear_session:
                 self.session.clear()
-            delay = self.reconnector.after(plan, outcome.lasted)
+            delay = self.reconnector.after(plan, outcome.proven_for)
             if delay is None:
                 self.give_up(
                     "qq_reconnect_exhausted",
-                    f"{self.reconnector.failures} connections in a row failed or did not stay up "
+                    f"{self.reconnector.failures} connections in a row failed, showed no proof "
+                    f"of life (heartbeat ACK or event), or did not keep proving it for "
                     f"{s.stable_after:g} s; last: {outcome.detail}",
                     retryable=True,
                 )
@@ -254,18 +268,21 @@ class QQBotAdapter(Adapter):
             url = await self.api.gateway_url()
         except QQAuthError as exc:
             return Outcome(
-                Plan(Next.GIVE_UP, code="qq_invalid_credentials", message=str(exc)), None, str(exc)
+                Plan(Next.GIVE_UP, code="qq_invalid_credentials", message=str(exc)),
+                False,
+                None,
+                str(exc),
             )
         except QQApiError as exc:
             if exc.status == 401:  # refused although freshly fetched: counts like a 4004
                 return Outcome(
-                    Plan(Next.IDENTIFY, Wait.BACKOFF, refresh_token=True), None, str(exc)
+                    Plan(Next.IDENTIFY, Wait.BACKOFF, refresh_token=True), False, None, str(exc)
                 )
-            return Outcome(retry, None, str(exc))
+            return Outcome(retry, False, None, str(exc))
         except QQTokenUnavailable as exc:
-            return Outcome(retry, None, str(exc))
+            return Outcome(retry, False, None, str(exc))
         if self.closing():
-            return Outcome(retry, None, "closing")
+            return Outcome(retry, False, None, "closing")
         conn = Connection(self.session, token=token, intents=self.intents, shard=self.s.shard)
         try:
             async with connect(
@@ -280,31 +297,39 @@ class QQBotAdapter(Adapter):
                 try:
                     if self.closing():  # close() came while the handshake was under way
                         await ws.close(1000, "shutting down")
-                        return Outcome(retry, None, "closing")
+                        return Outcome(retry, False, None, "closing")
                     return await self._run_connection(ws, conn)
                 finally:
                     self._ws = None
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            return Outcome(retry, None, f"cannot connect to {url}: {describe_exception(exc)}")
+            return Outcome(
+                retry, False, None, f"cannot connect to {url}: {describe_exception(exc)}"
+            )
 
     async def _run_connection(self, ws: ClientConnection, conn: Connection) -> Outcome:
         loop = asyncio.get_running_loop()
         beats: asyncio.Task[Any] | None = None
+        hello = False
         ready_at: float | None = None
+        proof_at: float | None = None
         end: tuple[Plan, str] | None = None
         try:
             # Hello within hello_timeout, then READY/RESUMED within ready_timeout; then no limit.
             async with asyncio.timeout(self.s.hello_timeout) as handshake:
                 async for raw in ws:
-                    end, became_ready = await self._frame(ws, conn, raw)
-                    if beats is None and conn.heartbeat_interval is not None:
-                        beats = self.tasks.spawn(
-                            self._heartbeats(ws, conn), name=f"qq:{self.name}:heartbeat"
-                        )
+                    end, became_ready, proof = await self._frame(ws, conn, raw)
+                    if proof:
+                        proof_at = time.monotonic()
+                    if not hello and conn.heartbeat_interval is not None:
+                        hello = True
                         handshake.reschedule(loop.time() + self.s.ready_timeout)
                     if became_ready:
-                        ready_at = loop.time()
+                        ready_at = time.monotonic()
                         handshake.reschedule(None)
+                        if beats is None:  # the first heartbeat went with READY/RESUMED
+                            beats = self.tasks.spawn(
+                                self._heartbeats(ws, conn), name=f"qq:{self.name}:heartbeat"
+                            )
                     if end is not None:
                         break
         except TimeoutError:
@@ -315,19 +340,23 @@ class QQBotAdapter(Adapter):
             pass
         except QQProtocolError as exc:
             self.log.error("protocol error from the gateway: {}", exc)
-            end = Plan(Next.IDENTIFY, Wait.BACKOFF), f"protocol error: {exc}"
+            end = plan_after_protocol_error(), f"protocol error: {exc}"
             await ws.close(ZOMBIE_CLOSE_CODE, "protocol error")
         finally:
             if beats is not None:
                 beats.cancel()
                 await asyncio.wait({beats})
-        lasted = None if ready_at is None else loop.time() - ready_at
+        ready = ready_at is not None
+        proven_for = None
+        if ready_at is not None and proof_at is not None and proof_at >= ready_at:
+            proven_for = proof_at - ready_at
         if end is not None:
-            return Outcome(end[0], lasted, end[1])
+            return Outcome(end[0], ready, proven_for, end[1])
         if conn.zombie:
             return Outcome(
                 plan_after_zombie(),
-                lasted,
+                ready,
+                proven_for,
                 "no heartbeat ACK since the previous heartbeat (zombie)",
             )
         received = ws.protocol.close_rcvd
@@ -337,34 +366,38 @@ class QQBotAdapter(Adapter):
             if received
             else "connection dropped"
         )
-        return Outcome(plan_after_close(code), lasted, detail)
+        return Outcome(plan_after_close(code), ready, proven_for, detail)
 
     async def _frame(
         self, ws: ClientConnection, conn: Connection, raw: str | bytes
-    ) -> tuple[tuple[Plan, str] | None, bool]:
-        """Handle one frame: ``((plan, why) if the connection must end, whether it became ready)``."""
+    ) -> tuple[tuple[Plan, str] | None, bool, bool]:
+        """Handle one frame: ``((plan, why) if the connection must end, whether it became
+        ready, whether it was proof of life)``."""
         try:
             actions = conn.receive(raw)
         except QQMalformedFrame as exc:
             self.malformed += 1
             self.log.error("dropping a malformed frame: {}", exc)
-            return None, False
-        became_ready = False
+            return None, False, False
+        became_ready = proof = False
         for action in actions:
             kind = type(action)
-            if kind is Dispatch:
+            if kind is Dispatch:  # proof of life, as is an ACK (READY/RESUMED is not)
                 self.handle.beat()
+                proof = True
                 self._dispatch(action)  # type: ignore[arg-type]
             elif kind is Acked:
                 self.handle.beat()
+                proof = True
             elif kind is Send:
                 await ws.send(action.text)  # type: ignore[union-attr]
             elif kind is Hello:
                 self.handle.set_heartbeat_ttl(action.interval * self.s.heartbeat_ttl_factor)  # type: ignore[union-attr]
             elif kind is Ready:
+                # Declared, but no beat: a zombie server completes the handshake too. Proof
+                # comes with the ACK of the heartbeat sent with it (the next action).
                 became_ready = True
                 self.handle.declare(DeclaredState.CONNECTED)
-                self.handle.beat()
                 self.log.info(
                     "session {} ({}), heartbeat every {:g} s",
                     "resumed" if action.resumed else "ready",  # type: ignore[union-attr]
@@ -374,15 +407,29 @@ class QQBotAdapter(Adapter):
             elif kind is ReconnectRequested:
                 await ws.close(ZOMBIE_CLOSE_CODE, "reconnect requested")
                 return (
-                    plan_after_reconnect_request(),
-                    "the server asked to reconnect (op 7)",
-                ), became_ready
+                    (plan_after_reconnect_request(), "the server asked to reconnect (op 7)"),
+                    became_ready,
+                    proof,
+                )
             elif kind is SessionInvalid:
                 resumable = action.resumable  # type: ignore[union-attr]
                 await ws.close(ZOMBIE_CLOSE_CODE, "invalid session")
                 why = f"invalid session (op 9, resumable={str(resumable).lower()})"
-                return (plan_after_invalid_session(resumable), why), became_ready
-        return None, became_ready
+                return (plan_after_invalid_session(resumable), why), became_ready, proof
+            elif kind is Unknown:
+                self._ignore(f"op {action.op}", "opcode")  # type: ignore[union-attr]
+        return None, became_ready, proof
+
+    def _ignore(self, what: str, kind: str) -> None:
+        """Count a frame that is new to us; log it the first time only (a server sending
+        one with every event must not flood the log, nor one inventing names fill memory)."""
+        key = what[:100]
+        if key not in self.unknown and len(self.unknown) >= UNKNOWN_KINDS_MAX:
+            key = "(others)"
+        seen = self.unknown.get(key, 0)
+        self.unknown[key] = seen + 1
+        if not seen:
+            self.log.warning("ignoring an unknown {} from the gateway: {} (logged once)", kind, key)
 
     async def _heartbeats(self, ws: ClientConnection, conn: Connection) -> None:
         """Heartbeats at the Hello interval, owned by one connection (cancelled with it)."""
@@ -405,6 +452,8 @@ class QQBotAdapter(Adapter):
 
     def _dispatch(self, event: Dispatch) -> None:
         if event.t not in events.MESSAGE_EVENTS:
+            if event.t not in events.KNOWN_EVENTS:
+                self._ignore(event.t, "event type")
             return
         try:
             message = events.parse_message(self.name, event.t, event.d, event.id)

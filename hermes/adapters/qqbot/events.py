@@ -14,6 +14,66 @@ MESSAGE_EVENTS = {
     "DIRECT_MESSAGE_CREATE": "dm",
 }
 
+KNOWN_EVENTS = frozenset(
+    {
+        *MESSAGE_EVENTS,
+        # The rest of the platform's documented events (those the official SDK parses):
+        # dispatched for the intents a bot asks for, ignored here. A type outside this set
+        # is new to us; the adapter logs it once and ignores it.
+        "READY",
+        "RESUMED",
+        "GUILD_CREATE",
+        "GUILD_UPDATE",
+        "GUILD_DELETE",
+        "CHANNEL_CREATE",
+        "CHANNEL_UPDATE",
+        "CHANNEL_DELETE",
+        "GUILD_MEMBER_ADD",
+        "GUILD_MEMBER_UPDATE",
+        "GUILD_MEMBER_REMOVE",
+        "MESSAGE_CREATE",
+        "MESSAGE_DELETE",
+        "MESSAGE_REACTION_ADD",
+        "MESSAGE_REACTION_REMOVE",
+        "DIRECT_MESSAGE_DELETE",
+        "INTERACTION_CREATE",
+        "MESSAGE_AUDIT_PASS",
+        "MESSAGE_AUDIT_REJECT",
+        "AUDIO_START",
+        "AUDIO_FINISH",
+        "AUDIO_ON_MIC",
+        "AUDIO_OFF_MIC",
+        "ON_MIC",  # the names the official SDK parses; the intents table says AUDIO_ON_MIC
+        "OFF_MIC",
+        "AUDIO_OR_LIVE_CHANNEL_MEMBER_ENTER",
+        "AUDIO_OR_LIVE_CHANNEL_MEMBER_EXIT",
+        "PUBLIC_MESSAGE_DELETE",
+        "GROUP_ADD_ROBOT",
+        "GROUP_DEL_ROBOT",
+        "GROUP_MSG_REJECT",
+        "GROUP_MSG_RECEIVE",
+        "FRIEND_ADD",
+        "FRIEND_DEL",
+        "C2C_MSG_REJECT",
+        "C2C_MSG_RECEIVE",
+        "FORUM_THREAD_CREATE",
+        "FORUM_THREAD_UPDATE",
+        "FORUM_THREAD_DELETE",
+        "FORUM_POST_CREATE",
+        "FORUM_POST_DELETE",
+        "FORUM_REPLY_CREATE",
+        "FORUM_REPLY_DELETE",
+        "FORUM_PUBLISH_AUDIT_RESULT",
+        "OPEN_FORUM_THREAD_CREATE",
+        "OPEN_FORUM_THREAD_UPDATE",
+        "OPEN_FORUM_THREAD_DELETE",
+        "OPEN_FORUM_POST_CREATE",
+        "OPEN_FORUM_POST_DELETE",
+        "OPEN_FORUM_REPLY_CREATE",
+        "OPEN_FORUM_REPLY_DELETE",
+    }
+)
+
 
 def _str(d: dict[str, Any], key: str, event: str) -> str:
     value = d.get(key)
@@ -36,7 +96,8 @@ def _timestamp(raw: Any) -> datetime | None:
 def parse_message(platform: str, event: str, d: Any, event_id: str | None = None) -> InboundMessage:
     """The inbound message in a message event; ``ValueError`` naming what is missing.
 
-    ``event_id`` is the envelope's ``id``, kept in ``extra`` for replies that need it."""
+    ``event_id`` is the envelope's ``id``, kept in ``extra`` for replies that need it.
+    Strings in ``d`` hold no lone surrogate: the decoder made each one U+FFFD."""
     kind = MESSAGE_EVENTS[event]
     if not isinstance(d, dict):
         raise ValueError(f"{event}: 'd' is not an object")

@@ -8,12 +8,17 @@ identify again, wait, or give up; :class:`Reconnector` turns that into delays an
 notices a reconnect storm. The adapter's driver only moves bytes and sleeps.
 
 Payload envelope: ``{"op": int, "d": any, "s": int, "t": str, "id": str}``.
+
+Proof of life, as the README and the watchdog define it, is a heartbeat ACK (op 11) or a
+dispatched event (op 0 other than READY/RESUMED): :class:`Acked` and :class:`Dispatch`.
+A completed handshake (:class:`Ready`) is not: a zombie server completes it too.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -62,7 +67,38 @@ def _load(raw: str | bytes) -> Any:
     try:
         return orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise QQMalformedFrame(f"frame is not JSON: {exc}") from None
+        # orjson is stricter than JSON (RFC 8259): it refuses an escaped lone surrogate
+        # ("\ud800"), which is legal JSON and which anyone can type into a message. The
+        # standard library parses what JSON allows; only what it refuses too is malformed.
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw  # JSON is UTF-8 only
+            obj = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise QQMalformedFrame(f"frame is not JSON: {exc}") from None
+        return _without_surrogates(obj)
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, although the standard library accepts them by default.
+    raise ValueError(f"{name} is not JSON")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+"""What a lone surrogate becomes: U+FFFD, as any UTF-8 decoder does with bytes it cannot
+decode. A surrogate pair is one character once parsed, so any surrogate left is lone; left
+in, it would make every UTF-8 encoder downstream (database, logs, JSON to handlers) raise."""
+
+
+def _without_surrogates(obj: Any) -> Any:
+    """``obj`` with every lone surrogate, in keys and values, replaced by U+FFFD."""
+    if isinstance(obj, str):
+        return _LONE_SURROGATE.sub(REPLACEMENT, obj)
+    if isinstance(obj, list):
+        return [_without_surrogates(v) for v in obj]
+    if isinstance(obj, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in obj.items()}
+    return obj
 
 
 def _frame(obj: Any) -> Frame:
@@ -155,7 +191,14 @@ class SessionInvalid:
     resumable: bool
 
 
-Action = Send | Hello | Ready | Dispatch | Acked | ReconnectRequested | SessionInvalid
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """An opcode this client does not handle: ignored, the protocol grows. Not proof of life."""
+
+    op: int
+
+
+Action = Send | Hello | Ready | Dispatch | Acked | ReconnectRequested | SessionInvalid | Unknown
 ACKED = Acked()
 PROPERTIES = {"$os": "linux", "$browser": "hermes", "$device": "hermes"}
 """The client description sent with Identify."""
@@ -215,7 +258,9 @@ class Connection:
             return [SessionInvalid(frame.d is True)]
         if op == Op.HTTP_CALLBACK_ACK:
             return []
-        raise QQProtocolError(f"unexpected op {op} from the server")
+        # Anything else (99, or 2 and 6, which only clients send) is logged once by the
+        # driver and ignored: ending the connection would not make the server any wiser.
+        return [Unknown(op)]
 
     def _hello(self, frame: Frame) -> list[Action]:
         if self.heartbeat_interval is not None:
@@ -250,12 +295,19 @@ class Connection:
                 raise QQProtocolError(f"READY without a session_id: {frame.d!r}")
             self.session.session_id = sid
             user = d.get("user") if d else None
-            return [Ready(False, user if isinstance(user, dict) else {})]
+            return self._ready(Ready(False, user if isinstance(user, dict) else {}))
         if t == "RESUMED":
-            return [Ready(True, {})]
+            return self._ready(Ready(True, {}))
         if t is None:
             raise QQProtocolError("dispatch without an event type 't'")
         return [Dispatch(t, frame.d, frame.s, frame.id)]
+
+    def _ready(self, ready: Ready) -> list[Action]:
+        # The first heartbeat goes at once, as the official SDK sends it: its ACK is the
+        # connection's first proof of life, one round trip after the handshake instead of one
+        # Hello interval (about 41 s) later. The driver starts the interval timer from here.
+        beat = None if self.awaiting_ack else self.heartbeat()
+        return [ready] if beat is None else [ready, beat]
 
     def heartbeat(self) -> Send | None:
         """The heartbeat to send now, or ``None`` if the last one was never acknowledged:
@@ -295,6 +347,8 @@ class Plan:
     code: str | None = None
     """Reason code when giving up."""
     message: str = ""
+    requested: bool = False
+    """The server asked for this reconnect (op 7, op 9): not by itself a failure."""
 
     @property
     def clear_session(self) -> bool:
@@ -341,17 +395,23 @@ def plan_after_close(code: int | None) -> Plan:
 
 
 def plan_after_reconnect_request() -> Plan:
-    return Plan(Next.RESUME, Wait.NONE)
+    return Plan(Next.RESUME, Wait.NONE, requested=True)
 
 
 def plan_after_invalid_session(resumable: bool) -> Plan:
     if resumable:
-        return Plan(Next.RESUME, Wait.BACKOFF)
-    return Plan(Next.IDENTIFY, Wait.BACKOFF)
+        return Plan(Next.RESUME, Wait.BACKOFF, requested=True)
+    return Plan(Next.IDENTIFY, Wait.BACKOFF, requested=True)
 
 
 def plan_after_zombie() -> Plan:
     return Plan(Next.RESUME, Wait.NONE)
+
+
+def plan_after_protocol_error() -> Plan:
+    """A frame broke the protocol: resume. The session is not to blame for one bad frame,
+    and identifying would drop every event the server still holds for it."""
+    return Plan(Next.RESUME, Wait.BACKOFF)
 
 
 # -- reconnect timing
@@ -386,11 +446,19 @@ class Backoff:
 class Reconnector:
     """Delays between connections, and when to give up.
 
-    A connection that stayed up ``stable_after`` seconds resets the backoff and the
-    failure count. Anything shorter counts as a failure, even after READY: a server
-    that accepts and drops at once (a quick-disconnect storm) is throttled by the
-    growing backoff, and after ``max_failures`` failures in a row the adapter gives up
-    (``qq_reconnect_exhausted``, retryable: the watchdog decides what comes next).
+    A connection that kept proving life (heartbeat ACKs, events) for ``stable_after``
+    seconds after READY/RESUMED resets the backoff and the failure count. Any other ending
+    counts as a failure, even after READY: a server that accepts and drops at once (a
+    quick-disconnect storm) is throttled by the growing backoff, and a zombie that completes
+    the handshake but never proves life fails however long each connection lasts. After
+    ``max_failures`` failures in a row the adapter gives up (``qq_reconnect_exhausted``,
+    retryable: the watchdog decides what comes next).
+
+    The one exception: a reconnect the server asked for (op 7, op 9; ``plan.requested``),
+    routine during the platform's deployments. It is not a failure if the connection it
+    ended had proven life, or if the next connection proves life; if neither did, it
+    counts, one connection late, so that a server asking forever without proving life
+    still runs out the count.
     """
 
     def __init__(
@@ -401,22 +469,37 @@ class Reconnector:
         self.stable_after = stable_after
         self.rate_limit_delay = rate_limit_delay
         self.failures = 0
+        self.unconfirmed = 0
+        """Requested reconnects (0 or 1) whose connection proved no life: counted unless
+        the next connection does."""
+        self.unstable = 0
+        """Connections in a row that were not stable, counted or not."""
 
-    def after(self, plan: Plan, lasted: float | None) -> float | None:
+    def after(self, plan: Plan, proven_for: float | None) -> float | None:
         """The delay before the next connection, or ``None`` to give up.
 
-        ``lasted``: seconds the connection was usable (READY/RESUMED to its end); ``None``
-        if it never became usable.
+        ``proven_for``: seconds from READY/RESUMED to the connection's last proof of life;
+        ``None`` if it showed none (a failed connection, or a zombie).
         """
-        if lasted is not None and lasted >= self.stable_after:
-            self.failures = 0
-            self.backoff.reset()
-            return 0.0 if plan.wait is Wait.NONE else self._wait(plan)
-        self.failures += 1
+        if proven_for is not None:
+            self.unconfirmed = 0  # life after a requested reconnect: the request was routine
+            if proven_for >= self.stable_after:
+                self.failures = 0
+                self.unstable = 0
+                self.backoff.reset()
+                return 0.0 if plan.wait is Wait.NONE else self._wait(plan)
+        else:
+            self.failures += self.unconfirmed
+            self.unconfirmed = 0
+        if not plan.requested:
+            self.failures += 1
+        elif proven_for is None:
+            self.unconfirmed = 1
+        self.unstable += 1
         if self.failures > self.max_failures:
             return None
-        if plan.wait is Wait.NONE and self.failures == 1:
-            return 0.0
+        if plan.wait is Wait.NONE and self.unstable == 1:
+            return 0.0  # at once the first time; a run of them backs off, as a storm would
         return self._wait(plan)
 
     def _wait(self, plan: Plan) -> float:

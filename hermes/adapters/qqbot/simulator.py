@@ -8,6 +8,22 @@ in every way the adapter must survive. Tests, ``make demo``, benchmarks and
 ``hermes simulate qqbot`` all use it; nothing leaves the machine.
 
 Two listeners: HTTP (token and REST, on h11) and WebSocket (the gateway, on websockets).
+
+Hostile modes, each a way a gateway can misbehave:
+
+- ``zombie`` (constructor argument, attribute, or :meth:`QQSimulator.go_zombie`): the
+  gateway accepts Identify and Resume and answers READY/RESUMED, then never ACKs a
+  heartbeat and sends no event (events are kept for a later resume). ``hermes simulate
+  qqbot --zombie`` / ``--zombie-after``.
+- ``silent_new_connections`` / :meth:`QQSimulator.go_silent`: no Hello, or nothing at all
+  on an open connection (half-open).
+- ``withhold_acks``: heartbeats unanswered, events still flowing.
+- :meth:`QQSimulator.send_op`: any opcode on demand: 7 (reconnect), 9 (invalid session),
+  1 (heartbeat request), or one no client knows (99).
+- :meth:`QQSimulator.dispatch` with any ``t``: an event type no client knows, in sequence.
+- Message text with a lone surrogate goes out as the legal JSON escape ``\\ud800``.
+- :meth:`QQSimulator.close` with any close code, :meth:`QQSimulator.drop`,
+  :meth:`QQSimulator.refuse_connections`, :meth:`QQSimulator.fail_next` for HTTP endpoints.
 """
 
 from __future__ import annotations
@@ -85,6 +101,8 @@ class SimConnection:
     silent: bool = False
     """Half-open: the server neither sends nor answers anything any more."""
     withhold_acks: bool = False
+    zombie: bool = False
+    """Handshakes are answered; heartbeats are never ACKed and no event is sent."""
     close_code: int | None = None
     """The code the bot closed with; None until closed (or if it closed without a frame)."""
     closed: bool = False
@@ -105,7 +123,7 @@ class QQSimulator:
         *,
         app_id: str = "102000001",
         client_secret: str = "simulator-secret",
-        heartbeat_interval: float = 45.0,
+        heartbeat_interval: float = 41.25,
         token_ttl: float = 7200.0,
         allowed_intents: int = (1 << 31) - 1,
         host: str = "127.0.0.1",
@@ -113,6 +131,7 @@ class QQSimulator:
         ws_port: int = 0,
         reply_windows: dict[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        zombie: bool = False,
     ) -> None:
         self.app_id = app_id
         self.client_secret = client_secret
@@ -149,6 +168,8 @@ class QQSimulator:
         self.silent_new_connections = False
         """Accept connections but never send Hello: a gateway that hangs."""
         self.withhold_acks = False
+        self.zombie = zombie
+        """New connections are zombies: READY/RESUMED, then no heartbeat ACK and no event."""
         self.handshake_delay = 0.0
         """Seconds the WebSocket opening handshake takes (a slow gateway)."""
         self.handshakes = 0
@@ -271,11 +292,14 @@ class QQSimulator:
             await asyncio.sleep(self.handshake_delay)
 
     async def _gateway_client(self, ws: ServerConnection) -> None:
-        conn = SimConnection(len(self.connections) + 1, ws, withhold_acks=self.withhold_acks)
+        conn = SimConnection(
+            len(self.connections) + 1, ws, withhold_acks=self.withhold_acks, zombie=self.zombie
+        )
         self.connections.append(conn)
         await self._notify(
             f"connection #{conn.number} opened"
             + (" (silent: no Hello)" if self.silent_new_connections else "")
+            + (" (zombie: no ACK, no event)" if conn.zombie else "")
         )
         try:
             if self.silent_new_connections:
@@ -315,7 +339,7 @@ class QQSimulator:
         conn.frames.append(ClientFrame(self.clock(), op, d))
         await self._notify()
         if op == 1:
-            if not conn.withhold_acks:
+            if not (conn.withhold_acks or conn.zombie):
                 await conn.ws.send('{"op":11}')
         elif op == 2:
             await self._identify(conn, d)
@@ -377,11 +401,16 @@ class QQSimulator:
         if not isinstance(seq, int) or seq > session.seq:
             await conn.ws.close(4007, "invalid seq")
             return
-        for s, text in list(session.buffer):
-            if s > seq:
-                await conn.ws.send(text)
-        session.seq += 1
-        await conn.ws.send(json.dumps({"op": 0, "s": session.seq, "t": "RESUMED", "d": ""}))
+        if conn.zombie:
+            # Nothing replayed, and a RESUMED that does not move the bot's seq past what it
+            # missed: a later, healthy resume still gets every event.
+            await conn.ws.send(json.dumps({"op": 0, "s": seq, "t": "RESUMED", "d": ""}))
+        else:
+            for s, text in list(session.buffer):
+                if s > seq:
+                    await conn.ws.send(text)
+            session.seq += 1
+            await conn.ws.send(json.dumps({"op": 0, "s": session.seq, "t": "RESUMED", "d": ""}))
         conn.ready = True
         await self._notify(f"connection #{conn.number}: Resume from seq {seq} -> RESUMED")
 
@@ -401,13 +430,15 @@ class QQSimulator:
             session.seq += 1
             seq = session.seq
         session.seq = max(session.seq, seq)
-        text = json.dumps(
-            {"op": 0, "s": seq, "t": t, "id": event_id or f"{t}:{uuid.uuid4().hex}", "d": d},
-            ensure_ascii=False,
-        )
+        payload = {"op": 0, "s": seq, "t": t, "id": event_id or f"{t}:{uuid.uuid4().hex}", "d": d}
+        text = json.dumps(payload, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: only its JSON escape can go on the wire
+            text = json.dumps(payload)
         session.buffer.append((seq, text))
         conn = self.current
-        if conn is not None and conn.ready and not conn.silent:
+        if conn is not None and conn.ready and not conn.silent and not conn.zombie:
             with contextlib.suppress(ConnectionClosed):
                 await conn.ws.send(text)
         return seq
@@ -468,7 +499,8 @@ class QQSimulator:
         return str(d["id"])
 
     async def send_op(self, op: int, d: Any = None) -> None:
-        """Send a bare opcode on the current connection (1 heartbeat request, 7 reconnect, 9 invalid session)."""
+        """Send a bare opcode on the current connection (1 heartbeat request, 7 reconnect,
+        9 invalid session with ``d`` true if resumable, or one no client knows, such as 99)."""
         conn = self._require_current()
         await conn.ws.send(json.dumps({"op": op, "d": d}))
 
@@ -484,6 +516,13 @@ class QQSimulator:
         """Make the current connection half-open: the socket stays up, nothing flows."""
         conn = self._require_current()
         conn.silent = True
+
+    def go_zombie(self) -> None:
+        """Turn zombie: the current connection (if any) and every new one stop ACKing
+        heartbeats and sending events, while handshakes are still answered."""
+        self.zombie = True
+        if self.current is not None:
+            self.current.zombie = True
 
     def _require_current(self) -> SimConnection:
         conn = self.current
@@ -745,6 +784,8 @@ class Script:
     """Go half-open (and keep new connections silent) this long after the first READY."""
     refuse_after: float = 0.0
     """Refuse connections this long after the first READY."""
+    zombie_after: float = 0.0
+    """Turn zombie (READY/RESUMED, then no ACK, no event) this long after the first READY."""
 
 
 async def run_script(sim: QQSimulator, script: Script, say: Callable[[str], None]) -> None:
@@ -753,9 +794,13 @@ async def run_script(sim: QQSimulator, script: Script, say: Callable[[str], None
     loop = asyncio.get_running_loop()
     started = loop.time()
     sent = 0
-    silent = refused = False
+    silent = refused = zombie = False
     while True:
         now = loop.time() - started
+        if script.zombie_after and not zombie and now >= script.zombie_after:
+            zombie = True
+            sim.go_zombie()
+            say("turning zombie: handshakes answered, heartbeats never ACKed, no events sent")
         if script.silent_after and not silent and now >= script.silent_after:
             silent = True
             sim.silent_new_connections = True
@@ -770,7 +815,7 @@ async def run_script(sim: QQSimulator, script: Script, say: Callable[[str], None
             await sim.refuse_connections()
         conn = sim.current
         due = script.message_every and (not script.messages or sent < script.messages)
-        if due and not silent and conn is not None and conn.ready:
+        if due and not silent and not sim.zombie and conn is not None and conn.ready:
             sent += 1
             mid = await sim.send_message(script.message_kind, f"hello #{sent} from the simulator")
             say(f"sent {script.message_kind} message #{sent} ({mid[:24]}...)")
