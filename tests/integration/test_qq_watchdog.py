@@ -16,7 +16,9 @@ from tests.support.configs import write_config
 from tests.support.inprocess import gateway, stored_for
 from tests.support.timing import t
 from watchdog.clock import FakeClock
+from watchdog.rules import escalation_bound
 from watchdog.secrets import Secret
+from watchdog.states import Health
 
 TICK = 0.1
 QQ_FAST = {
@@ -157,3 +159,73 @@ async def test_tokens_are_refreshed_in_their_last_minute_and_never_used_expired(
         clock.advance(60)
         with pytest.raises(QQTokenUnavailable, match="HTTP 503"):
             await tokens.get()
+
+
+# -- a zombie server: sessions accepted, never acknowledged, nothing sent
+
+
+ZOMBIE_SUPERVISION: dict[str, Any] = {
+    "restart_max": 2,
+    "restart_backoff": 0.1,
+    "start_timeout": 1.0,
+    "reconnect_timeout": 1.0,
+    # The adapter's own count must not end it first: the watchdog's rules are under test.
+    "reconnect_max_failures": 50,
+}
+
+
+def zombie_bound(gw: Any, name: str) -> float:
+    record = gw.board[name]
+    return escalation_bound(
+        record.policy,
+        ttl=record.ttl,
+        tick_interval=TICK,
+        close_timeout=gw.config.watchdog.close_timeout,
+    )
+
+
+async def test_a_zombie_server_is_never_ok_after_the_ttl_and_escalates_within_the_bound(
+    tmp_path, sim
+):
+    config = write_config(tmp_path, {"qq": qq(sim, **ZOMBIE_SUPERVISION)}, tick=TICK)
+    async with gateway(config) as (gw, task):
+        record = gw.board["qq"]
+        await sim.wait_until(lambda: record.health is Health.OK, t(5), "ok after the first ACK")
+        sim.go_zombie()
+        assert await asyncio.wait_for(task, t(60)) == 75
+    # Many sessions were accepted after the last proof of life; none bought fresh grace.
+    assert sum(1 for c in sim.connections if c.zombie) >= 3
+    last_beat = record.last_beat
+    assert last_beat is not None
+    ttl = 0.2 * 2.5
+    assert record.reason is not None
+    assert record.reason.code == "heartbeat_timeout"
+    assert "no proof of life" in record.reason.message
+    assert record.health_since - last_beat <= zombie_bound(gw, "qq")
+    _, (row,), history = stored_for(config)
+    assert row["health"] == "fatal"
+    # What SQL says: ok ends at most one TTL and one tick after the last proof of life, and
+    # never comes back, however many connections the zombie accepts.
+    last_beat_at = row["last_heartbeat_at"]
+    health = [h for h in history if h["from_health"] != h["to_health"] and h["to_health"]]
+    last_ok = max(i for i, h in enumerate(health) if h["to_health"] == "ok")
+    left_ok = health[last_ok + 1]
+    assert left_ok["from_health"] == "ok"
+    assert (left_ok["at"] - last_beat_at).total_seconds() <= ttl + TICK + 0.05
+    assert all(h["to_health"] != "ok" for h in health[last_ok + 1 :])
+
+
+async def test_a_gateway_started_against_a_zombie_is_never_ok_and_escalates(tmp_path, monkeypatch):
+    async with QQSimulator(heartbeat_interval=0.2, zombie=True) as sim:
+        monkeypatch.setenv("QQ_SECRET", sim.client_secret)
+        config = write_config(tmp_path, {"qq": qq(sim, **ZOMBIE_SUPERVISION)}, tick=TICK)
+        started = asyncio.get_running_loop().time()
+        async with gateway(config) as (gw, task):
+            assert await asyncio.wait_for(task, t(60)) == 75
+        elapsed = asyncio.get_running_loop().time() - started
+    assert gw.board["qq"].last_beat is None
+    assert elapsed <= zombie_bound(gw, "qq") + t(2)
+    _, (row,), history = stored_for(config)
+    assert (row["health"], row["restarts"]) == ("fatal", 2)
+    assert all(h["to_health"] != "ok" for h in history)
+    assert "2 restarts in a row without proof of life" in row["reason_message"]
