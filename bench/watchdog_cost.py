@@ -68,7 +68,6 @@ def gateway_of(n: int) -> tuple[WatchdogJob, list[PlatformHandle], KeepLastWrite
         writer,  # type: ignore[arg-type]
         clock=SystemClock(),
         tick_interval=2.0,
-        trigger_on_escalation=True,
         heartbeat_persist_interval=5.0,
         on_escalate=lambda esc: None,
     )

@@ -7,7 +7,10 @@ the watchdog job, start the adapters, send ``READY=1``.
 
 Stop: SIGTERM/SIGINT (exit 0) or an escalation (exit 75, or 78 when a restart
 cannot help) send ``STOPPING=1``, stop the pings, close the adapters within
-their time limit, flush the final state and record how the instance ended.
+their time limit, flush the final state, record how the instance ended and send
+``STATUS=stopped (exit N): cause`` last, which systemd keeps next to the exit
+status. An escalation's stop that hangs is ended by systemd on the gateway's
+request (``WATCHDOG=trigger``, see :mod:`watchdog.backstop`).
 SIGHUP reloads the configuration (``RELOADING=1`` ... ``READY=1``).
 """
 
@@ -34,6 +37,7 @@ from hermes.ledger import DB_ERRORS, Ledger
 from hermes.messages import InboundMessage
 from hermes.outbox import Outbox
 from hermes.runs import JobRunner
+from watchdog.backstop import STOP_BACKSTOP_GRACE, StopBackstop
 from watchdog.clock import Clock, SystemClock
 from watchdog.engine import EXIT_ESCALATE, EXIT_NOT_RETRYABLE, Escalation, WatchdogEngine
 from watchdog.exceptions import ConfigError, StoreError, WatchdogTimingError
@@ -107,6 +111,11 @@ class Gateway:
         self._stop: asyncio.Event | None = None
         self._reloading: asyncio.Task[Any] | None = None
         self._signals: list[int] = []
+        self.backstop: StopBackstop | None = None
+        """Armed when an escalation's stop begins (see :meth:`_arm_backstop`)."""
+        self.backstop_until_exit = False
+        """Keep the backstop armed after :meth:`run` returns, until the process exits
+        (:func:`run_gateway`); embedded, the stop is over when :meth:`run` returns."""
 
     # -- public
 
@@ -141,6 +150,8 @@ class Gateway:
             return await self._shutdown()
         finally:
             self._remove_signals()
+            if self.backstop is not None and not self.backstop_until_exit:
+                self.backstop.disarm()
             self.notifier.close()
 
     def request_stop(self, code: int, reason: str) -> None:
@@ -187,7 +198,6 @@ class Gateway:
             self.writer,
             clock=self.clock,
             tick_interval=cfg.watchdog.tick_interval,
-            trigger_on_escalation=cfg.watchdog.trigger_on_escalation,
             heartbeat_persist_interval=cfg.store.heartbeat_persist_interval,
             on_escalate=self._on_escalate,
         )
@@ -324,15 +334,7 @@ class Gateway:
     # -- escalation
 
     def _on_escalate(self, esc: Escalation) -> None:
-        if esc.exit_code == EXIT_ESCALATE and self.config.watchdog.trigger_on_escalation:
-            # WATCHDOG=trigger makes systemd send WatchdogSignal= (SIGABRT by default) right away.
-            # Until now SIGABRT meant "frozen": faulthandler dumps every stack. From here on it is
-            # the expected answer to our trigger, and must not cut the graceful stop short.
-            self._add_signal(signal.SIGABRT, self._on_abort)
         self.request_stop(esc.exit_code, esc.describe())
-
-    def _on_abort(self) -> None:
-        logger.info("SIGABRT from systemd answering our WATCHDOG=trigger; finishing the stop")
 
     # -- stop
 
@@ -343,6 +345,7 @@ class Gateway:
         deadline = loop.time() + budget
         self.notifier.stopping(f"stopping (exit {code}): {reason}")
         logger.info("stopping (exit {}): {}", code, reason)
+        self._arm_backstop(code, reason, budget)
         if self._reloading is not None:
             self._reloading.cancel()
         if self.job is not None:
@@ -375,8 +378,27 @@ class Gateway:
             self.db.stop()
         if self.store is not None:
             self.store.close()
+        # The last notification: systemd keeps this StatusText while the unit waits to restart
+        # and after the start limit, next to Result=exit-code and status=75 (systemd 252 has
+        # no EXIT_STATUS=; the exit status itself is what it records).
+        self.notifier.status(f"stopped (exit {code}): {reason}")
         logger.info("stopped (exit {})", code)
         return code
+
+    def _arm_backstop(self, code: int, reason: str, budget: float) -> None:
+        """For a stop that must end in a restart (exit 75): if it hangs, have systemd kill us.
+
+        Not for exit 78 (a watchdog result is restarted whatever the exit status, and a restart
+        cannot help) nor for a stop systemd asked for (its own TimeoutStopSec= covers that).
+        """
+        if code != EXIT_ESCALATE or not self.config.watchdog.trigger_on_escalation:
+            return
+        self.backstop = StopBackstop(
+            self.notifier.address,
+            after=budget + STOP_BACKSTOP_GRACE,
+            cause=f"escalation (exit {code}): {reason}",
+        )
+        self.backstop.arm()
 
     # -- reload
 
@@ -419,7 +441,6 @@ class Gateway:
                 )
                 new = _replace_watchdog(new, old)
         if self.job is not None:
-            self.job.trigger_on_escalation = new.watchdog.trigger_on_escalation
             self.job.heartbeat_persist_interval = new.store.heartbeat_persist_interval
         self.supervisor.close_timeout = new.watchdog.close_timeout
         if new.gateway.log_level != old.gateway.log_level:
@@ -479,7 +500,9 @@ def run_gateway(gateway: Gateway, grace: float = 0.5) -> int:
     ``asyncio.run()`` cancels leftover tasks and then waits for them without a limit:
     one adapter task that swallows cancellation would keep the process alive forever,
     deaf and no longer pinging. Here leftovers get ``grace`` seconds, then are abandoned.
+    The process exits next, so an escalation's backstop stays armed until it has.
     """
+    gateway.backstop_until_exit = True
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(gateway.run())

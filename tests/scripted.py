@@ -18,6 +18,8 @@ repeating. Steps:
 ``ttl SECS``         change the heartbeat TTL
 ``ignore-close``     from now on, ignore close() and cancellation until the step list ends
 
+The setting ``close_blocks = SECS`` makes close() freeze the event loop (a stop that hangs).
+
 Markers on stderr: ``SCRIPT <platform> <event> <time.monotonic()>``.
 """
 
@@ -31,7 +33,7 @@ from pydantic import Field
 
 from hermes.adapters.base import Adapter, AdapterSettings
 from watchdog.heartbeat import PlatformHandle
-from watchdog.settings import Duration
+from watchdog.settings import Duration, NonNegativeDuration
 from watchdog.states import DeclaredState
 
 
@@ -40,6 +42,8 @@ class ScriptedSettings(AdapterSettings):
     beat_interval: Duration = 0.05
     fail_init: bool = False
     """Raise from the constructor (a bug or bad settings found late)."""
+    close_blocks: NonNegativeDuration = 0.0
+    """close() blocks the whole event loop this long with time.sleep: a stop that hangs."""
 
 
 def marker(platform: str, event: str) -> None:
@@ -55,6 +59,15 @@ class ScriptedAdapter(Adapter):
         assert isinstance(settings, ScriptedSettings)
         if settings.fail_init:
             raise ValueError("scripted constructor failure")
+
+    async def close(self) -> None:
+        s = self.settings
+        assert isinstance(s, ScriptedSettings)
+        if s.close_blocks:
+            marker(self.name, "close-block-start")
+            time.sleep(s.close_blocks)  # deliberately freezes the event loop mid-stop
+            marker(self.name, "close-block-end")
+        await super().close()
 
     async def run(self) -> None:
         s = self.settings

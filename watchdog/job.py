@@ -46,7 +46,6 @@ class WatchdogJob:
         *,
         clock: Clock,
         tick_interval: float,
-        trigger_on_escalation: bool,
         heartbeat_persist_interval: float,
         on_escalate: Callable[[Escalation], None],
     ) -> None:
@@ -57,7 +56,6 @@ class WatchdogJob:
         self.writer = writer
         self.clock = clock
         self.tick_interval = tick_interval
-        self.trigger_on_escalation = trigger_on_escalation
         self.heartbeat_persist_interval = heartbeat_persist_interval
         self.on_escalate = on_escalate
         self.ticks = 0
@@ -126,12 +124,12 @@ class WatchdogJob:
             self._escalate(outcome.escalation)
 
     def _escalate(self, esc: Escalation) -> None:
+        # No WATCHDOG=trigger here: systemd would record Result=watchdog ("failed to send
+        # watchdog ping") instead of the cause. The gateway stops gracefully and exits with
+        # esc.exit_code, which systemd records; the trigger is only the backstop for a stop
+        # that hangs (watchdog.backstop).
         logger.critical("escalating to systemd (exit {}): {}", esc.exit_code, esc.describe())
         self.on_escalate(esc)
-        # Exit 78 means a restart cannot help: a trigger would make systemd restart us anyway
-        # (Result=watchdog ignores RestartPreventExitStatus=), so only 75 triggers.
-        if self.trigger_on_escalation and esc.exit_code == 75:
-            self.notifier.trigger()
 
     def status_line(self, outcome: TickOutcome) -> str:
         total = len(self.board)

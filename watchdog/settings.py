@@ -81,7 +81,10 @@ class WatchdogSettings(Section):
     tick_interval: Annotated[Duration, Field(le=3600)] = 2.0
     """Seconds between watchdog passes (and systemd pings); at most half of WatchdogSec=."""
     trigger_on_escalation: bool = True
-    """Send WATCHDOG=trigger when escalating with exit 75 (never for exit 78)."""
+    """The backstop for an escalation's stop (exit 75) that hangs: send WATCHDOG=trigger once it has
+    run shutdown_timeout + 3 s, so that systemd kills and restarts the gateway. An escalation
+    that stops in time never triggers (systemd then shows exit-code 75 and the cause); exit 78
+    never does. False leaves a hung stop to TimeoutStopSec=."""
     close_timeout: Duration = 5.0
     """How long an adapter gets to finish after close(), before it is cancelled."""
 

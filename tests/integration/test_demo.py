@@ -26,7 +26,8 @@ def test_the_demo_shows_the_watchdog_catching_a_silent_platform(tmp_path):
     assert "zombie connection" in out
     assert out.count("giving up: qq_reconnect_exhausted") == 2
     assert "health degraded -> fatal: qq_reconnect_exhausted" in out
-    assert "systemd  <- WATCHDOG=trigger" in out
+    assert "systemd  <- STATUS=stopped (exit 75): fatal: qq-demo: qq_reconnect_exhausted" in out
+    assert "WATCHDOG=trigger" not in out  # the stop finished: systemd sees exit 75, not a watchdog
     assert "== gateway exited with 75 (escalation: systemd restarts the unit)" in out
     assert "   qq-demo | fatal | fatal | 1 | qq_reconnect_exhausted" in out
     assert "OK: 1 of 1 platforms ok" in out  # the status taken while messages flowed

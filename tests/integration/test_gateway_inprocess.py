@@ -262,3 +262,29 @@ async def test_a_broken_watchdog_tick_stops_the_pings(tmp_path, notify_path, mon
                 lambda d: d.fields.get("WATCHDOG") == "1", t(1.0), "a ping after the bug", new=True
             )
         assert len(notify_path.pings()) == quiet_from
+
+
+@pytest.mark.parametrize("trigger_on_escalation", [True, False])
+async def test_an_escalation_that_stops_in_time_never_triggers_systemd(
+    tmp_path, notify_path, trigger_on_escalation
+):
+    config = write_config(
+        tmp_path,
+        {"bot": {"restart_max": 0, "runs": [["connect", "behave 0.2", "return"]]}},
+        watchdog={"trigger_on_escalation": trigger_on_escalation},
+    )
+    async with gateway(config, notify_path) as (gw, task):
+        assert await asyncio.wait_for(task, t(15)) == 75
+    if trigger_on_escalation:
+        # Armed for the stop, disarmed when it ended (embedded: when run() returned).
+        assert gw.backstop is not None and not gw.backstop.armed
+        assert gw.backstop.join(t(5)) and not gw.backstop.fired.is_set()
+    else:
+        assert gw.backstop is None
+    notify_path.drain()
+    assert not notify_path.with_field("WATCHDOG", "trigger")
+    assert (
+        notify_path.datagrams[-1]
+        .fields["STATUS"]
+        .startswith("stopped (exit 75): fatal: bot: adapter_exited")
+    )

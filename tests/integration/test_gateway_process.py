@@ -37,10 +37,15 @@ async def test_ready_then_pings_at_the_tick_cadence_then_stopping_on_sigterm(tmp
     stopping = notify.with_field("STOPPING", "1")
     assert len(stopping) == 1
     assert not [p for p in notify.pings() if p.at > stopping[0].at]
-    assert "stopping (exit 0): SIGTERM" in notify.datagrams[-1].fields.get("STATUS", "")
+    after = [d.fields for d in notify.datagrams if d.at >= stopping[0].at]
+    # The cause when the stop begins, and as the very last notification.
+    assert after[1:] == [
+        {"STATUS": "stopping (exit 0): SIGTERM"},
+        {"STATUS": "stopped (exit 0): SIGTERM"},
+    ]
 
 
-async def test_no_ping_after_a_required_platform_goes_fatal_and_systemd_is_triggered(
+async def test_an_escalation_stops_the_pings_and_exits_75_with_the_cause_as_the_last_status(
     tmp_path, notify
 ):
     gw = await start(
@@ -55,9 +60,15 @@ async def test_no_ping_after_a_required_platform_goes_fatal_and_systemd_is_trigg
         d for d in notify.datagrams if d.fields.get("STATUS", "").startswith("ESCALATING (exit 75)")
     )
     assert "bot: adapter_exited" in escalated.fields["STATUS"]
-    trigger = notify.with_field("WATCHDOG", "trigger")
-    assert len(trigger) == 1
-    assert trigger[0].at >= escalated.at
+    # No WATCHDOG=trigger: systemd would record Result=watchdog instead of exit status 75.
+    assert not notify.with_field("WATCHDOG", "trigger")
+    stopping = notify.with_field("STOPPING", "1")
+    assert len(stopping) == 1 and stopping[0].at >= escalated.at
+    # The last word, which systemd keeps as StatusText next to the exit status.
+    last = notify.datagrams[-1].fields
+    assert list(last) == ["STATUS"], last
+    assert last["STATUS"].startswith("stopped (exit 75): fatal: bot: adapter_exited: "), last
+    assert "the stop did not finish" not in gw.output
     returned = gw.markers("bot", "return")[0]
     pings = [p.at for p in notify.pings()]
     assert pings, "the gateway pinged while healthy"
@@ -65,6 +76,40 @@ async def test_no_ping_after_a_required_platform_goes_fatal_and_systemd_is_trigg
     assert max(pings) < escalated.at
     assert max(pings) < returned + t(TICK) + 0.05
     assert escalated.at - returned <= t(TICK) + 0.1
+
+
+async def test_an_escalation_whose_stop_hangs_asks_systemd_to_kill_it_once_over_budget(
+    tmp_path, notify_path
+):
+    notify = notify_path
+    gw = await start(
+        tmp_path,
+        notify,
+        {
+            "bot": {"restart_max": 0, "runs": [["connect", "behave 0.5", "return"]]},
+            "stuck": {"close_blocks": 30},
+        },
+        gateway={"shutdown_timeout": 0.5},
+    )
+    try:
+        trigger = await notify.wait_for(
+            lambda d: d.fields.get("WATCHDOG") == "trigger", t(20), "WATCHDOG=trigger"
+        )
+        # Logged after the trigger went out (the hung thread might hold the log's lock).
+        await gw.wait_line(r"the stop did not finish within 3\.5 s; sent WATCHDOG=trigger", 5)
+        # Only systemd's answer (SIGABRT, then SIGKILL) ends this process: it is still blocked.
+        assert gw.proc is not None and gw.proc.returncode is None
+    finally:
+        await gw.kill()
+    notify.drain()
+    stopping = notify.with_field("STOPPING", "1")[0]
+    assert gw.markers("stuck", "close-block-start")
+    # Budget 0.5 s + 3 s of grace, counted from the start of the stop.
+    assert 3.5 <= trigger.at - stopping.at <= 3.5 + t(1.5), trigger.at - stopping.at
+    before = notify.datagrams[notify.datagrams.index(trigger) - 1].fields
+    assert before["STATUS"].startswith(
+        "stop hung for 3.5 s, WATCHDOG=trigger sent; escalation (exit 75): fatal: bot: adapter_exited"
+    ), before
 
 
 async def test_a_non_retryable_fatal_exits_78_without_trigger_and_a_utf8_status(tmp_path, notify):

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.support.timing import t
+from watchdog.backstop import StopBackstop
 from watchdog.exceptions import WatchdogTimingError
 from watchdog.notify import STATUS_MAX_BYTES, Notifier, watchdog_timeout
 
@@ -176,3 +177,31 @@ def test_an_unsupported_socket_address_disables_notifications():
     n = Notifier("vsock:2:1234", watchdog_timeout=10)
     assert not n.enabled
     assert n.ping() is False
+
+
+async def test_the_stop_backstop_sends_the_cause_then_the_trigger_once_its_time_is_up(notify):
+    backstop = StopBackstop(notify.address, after=0.2, cause="escalation (exit 75): fatal: bot")
+    armed_at = time.monotonic()
+    backstop.arm()
+    armed = backstop.armed
+    trigger = await notify.wait_for(lambda d: "WATCHDOG" in d.fields, t(5), "WATCHDOG=trigger")
+    assert backstop.join(t(5)) and backstop.fired.is_set()
+    assert (armed, backstop.armed) == (True, False)
+    assert trigger.at - armed_at >= 0.2
+    assert [d.fields for d in notify.datagrams] == [
+        {"STATUS": "stop hung for 0.2 s, WATCHDOG=trigger sent; escalation (exit 75): fatal: bot"},
+        {"WATCHDOG": "trigger"},
+    ]
+
+
+async def test_a_disarmed_stop_backstop_ends_without_a_word(notify):
+    backstop = StopBackstop(notify.address, after=0.2, cause="escalation (exit 75): x")
+    backstop.arm()
+    backstop.disarm()
+    assert backstop.join(t(5))  # at once: disarming wakes the thread
+    notify.drain()
+    assert not backstop.fired.is_set() and notify.datagrams == []
+    # Without NOTIFY_SOCKET there is nobody to ask: no thread at all.
+    idle = StopBackstop(None, after=0.0, cause="x")
+    idle.arm()
+    assert not idle.armed and idle.join(0)

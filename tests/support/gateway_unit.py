@@ -41,7 +41,12 @@ def sandbox_workdir(prefix: str) -> Iterator[Path]:
 
 
 def unit_config(
-    workdir: Path, platforms: Mapping[str, Mapping[str, Any]], *, tick: float, log_level: str
+    workdir: Path,
+    platforms: Mapping[str, Mapping[str, Any]],
+    *,
+    tick: float,
+    log_level: str,
+    gateway: Mapping[str, Any] | None = None,
 ) -> Path:
     """A gateway config whose store lives in ``workdir`` (the only path the unit may write)."""
     return write_config(
@@ -49,7 +54,7 @@ def unit_config(
         platforms,
         tick=tick,
         store={"directory": str(workdir / "state")},
-        gateway={"log_level": log_level},
+        gateway={"log_level": log_level, **(gateway or {})},
     )
 
 
@@ -79,7 +84,16 @@ def adapt_unit(text: str, set_: dict[str, str | None], add: dict[str, list[str]]
     return "\n".join(out) + "\n"
 
 
-def unit_for(workdir: Path, config: Path, *, watchdog_sec: str, start_limit_burst: int) -> str:
+def unit_for(
+    workdir: Path,
+    config: Path,
+    *,
+    watchdog_sec: str,
+    start_limit_burst: int,
+    restart_sec: str = "500ms",
+) -> str:
+    """The deployed unit running ``config``, writing only to ``workdir`` (its log:
+    ``workdir/gateway.log``), with a shorter WatchdogSec=, StartLimitBurst= and RestartSec=."""
     deployed = (REPO / "deploy" / UNIT).read_text()
     binds = [f"BindReadOnlyPaths={REPO}"] if str(REPO).startswith(("/tmp/", "/var/tmp/")) else []
     return adapt_unit(
@@ -90,7 +104,7 @@ def unit_for(workdir: Path, config: Path, *, watchdog_sec: str, start_limit_burs
             "StartLimitBurst": str(start_limit_burst),
             "ExecStart": f"{HERMES} run --config {config}",
             "WatchdogSec": watchdog_sec,
-            "RestartSec": "500ms",
+            "RestartSec": restart_sec,
             "DynamicUser": None,
             "StateDirectory": None,
             "StateDirectoryMode": None,
@@ -109,6 +123,9 @@ def unit_for(workdir: Path, config: Path, *, watchdog_sec: str, start_limit_burs
     )
 
 
-def sandbox(workdir: Path, unit: str) -> SystemdSandbox:
+def sandbox(workdir: Path, unit: str | Mapping[str, str]) -> SystemdSandbox:
+    """A sandbox running the unit text ``unit`` as :data:`UNIT`, or several units at once
+    (name -> text; one boot for several checks), all started when it boots."""
+    units = {UNIT: unit} if isinstance(unit, str) else dict(unit)
     preserve = [REPO, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
-    return SystemdSandbox(workdir, {UNIT: unit}, wants=[UNIT], preserve=preserve)
+    return SystemdSandbox(workdir, units, wants=list(units), preserve=preserve)

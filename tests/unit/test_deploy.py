@@ -5,7 +5,9 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-from hermes.config import load_config
+from hermes.config import GatewaySettings, load_config
+from watchdog.backstop import STOP_BACKSTOP_GRACE
+from watchdog.settings import parse_duration
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -52,3 +54,14 @@ def test_the_unit_keeps_its_contract():
         "StateDirectory",
     ):
         assert hardening in service, hardening
+
+
+def test_an_escalations_hung_stop_meets_the_gateways_backstop_before_systemds_stop_timeout():
+    """After STOPPING=1 systemd SIGKILLs a stop that outlasts TimeoutStopSec= (Result=timeout);
+    the gateway's own backstop (WATCHDOG=trigger: stacks dumped, Result=watchdog) must come first."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(DEPLOY / "hermes-gateway.service")
+    timeout_stop = parse_duration(unit["Service"]["TimeoutStopSec"])
+    example = load_config(DEPLOY / "gateway.example.toml", {}).gateway.shutdown_timeout
+    for shutdown_timeout in (GatewaySettings().shutdown_timeout, example):
+        assert shutdown_timeout + STOP_BACKSTOP_GRACE < timeout_stop

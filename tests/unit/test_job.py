@@ -25,7 +25,6 @@ def make_job(clock: FakeClock, persist_every: float = 5.0) -> WatchdogJob:
         StoreWriter(cast(Any, None), "instance-1"),  # never started: batches are only built here
         clock=clock,
         tick_interval=1.0,
-        trigger_on_escalation=True,
         heartbeat_persist_interval=persist_every,
         on_escalate=lambda esc: None,
     )
