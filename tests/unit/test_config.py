@@ -361,7 +361,7 @@ def test_cli_arguments_echoed_in_errors_are_clipped(capsys):
         (["simulate", "qqbot", "--heartbeat-interval", "x" + huge], hermes_main, 2),
         (["frobnicate-" + huge], hermes_main, 2),
     ):
-        exits = []
+        exits: list[object] = []
         try:
             exits.append(main(argv))
         except SystemExit as exc:  # argparse's own errors
