@@ -3,8 +3,9 @@
 The CLI talks to the running gateway only through the database: ``run`` inserts a
 ``requested`` row in ``job_runs`` that the gateway claims (within ``runner.request_poll``);
 ``pause``/``resume`` change APScheduler's job store, which the gateway re-reads as often.
-Exit codes: 0 done; 1 the run failed (``run --wait``); 2 unknown job, bad arguments, or
-no gateway picked the run up in time; 78 invalid configuration.
+Exit codes: 0 done; 1 the run failed (``run --wait``); 2 unknown job, bad arguments, a
+missing or unusable state store, or no gateway picked the run up in time; 78 invalid
+configuration. ``list`` and ``history`` only read: they create and change nothing.
 """
 
 from __future__ import annotations

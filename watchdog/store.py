@@ -8,6 +8,7 @@ store read-only and never creates or migrates anything.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -155,8 +156,9 @@ class StateStore:
             def _read_only_connect(
                 _dialect: Any, _record: Any, cargs: list[Any], _cparams: dict[str, Any]
             ) -> None:
-                cargs[0], immutable = _read_only_uri(path)
-                self._quiet_sidecars = _sidecars(path) if immutable else None
+                cargs[0], quiet = _read_only_uri(path)
+                if quiet is not None and self._quiet_sidecars is None:
+                    self._quiet_sidecars = quiet
 
         busy_ms = int(timeout * 1000)
         read_only = self.read_only
@@ -449,9 +451,9 @@ def _sidecars(path: Path) -> tuple[int, int]:
     return size("-wal"), size("-shm")
 
 
-def _read_only_uri(path: Path) -> tuple[str, bool]:
-    """An SQLite URI that reads ``path`` faithfully and creates nothing beside it, and whether
-    it is ``immutable`` (read without locks).
+def _read_only_uri(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """An SQLite URI that reads ``path`` faithfully and creates nothing beside it; for an
+    ``immutable`` one (read without locks) also the sidecar files it was chosen on.
 
     ``mode=ro`` alone is not enough: on a WAL database SQLite creates the -wal and -shm files
     if they are missing (or, in a directory it cannot write, fails with "attempt to write a
@@ -468,15 +470,15 @@ def _read_only_uri(path: Path) -> tuple[str, bool]:
     - a rollback-journal database (not WAL) creates nothing under ``mode=ro``, which also
       respects a hot journal that ``immutable`` would ignore.
     """
-    wal, shm = _sidecars(path)
-    uri = f"file:{path}?mode=ro"
+    wal, shm = quiet = _sidecars(path)
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"  # a "?" or "#" in the path is data
     if wal >= 0 and shm >= 0:
-        return uri, False
+        return uri, None
     if wal > 0:
         raise StoreError(
             f"{path}-wal holds transactions but {path.name}-shm is missing: reading them would "
-            f"create {path.name}-shm. Start the gateway (it recovers the WAL), or read a copy of "
-            "both files"
+            f"create {path.name}-shm. Start the gateway once (it folds the WAL into the "
+            f"database), or run sqlite3 {path} 'PRAGMA wal_checkpoint' as a user who may write there"
         )
     try:
         with path.open("rb") as f:
@@ -485,8 +487,8 @@ def _read_only_uri(path: Path) -> tuple[str, bool]:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
     wal_mode = header.startswith(_SQLITE_MAGIC) and len(header) == 100 and 2 in header[18:20]
     if wal_mode or wal >= 0 or shm >= 0:
-        return f"{uri}&immutable=1", True
-    return uri, False
+        return f"{uri}&immutable=1", quiet
+    return uri, None
 
 
 def _short(exc: BaseException) -> str:
