@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from watchdog.engine import EXIT_NOT_RETRYABLE
 from watchdog.exceptions import ConfigError
@@ -26,14 +26,41 @@ EXIT_UNEXPECTED = 1
 DEFAULT_CONFIG = "/etc/hermes/gateway.toml"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        from watchdog.clipping import clip_message
+
+        # argparse echoes the offending argument; a huge one must not flood the terminal.
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {clip_message(message)}\n")
+
+
+def _config_option() -> _Parser:
+    """``--config``, accepted before and after every command that reads the configuration.
+
+    ``SUPPRESS``: a subcommand's parser writes its defaults into the namespace the main parser
+    already filled, and would reset a ``--config`` given before the command."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hermes", description="A chat-platform gateway that is never silently dead."
+    common = _config_option()
+    parser = _Parser(
+        prog="hermes",
+        description="A chat-platform gateway that is never silently dead.",
+        parents=[common],
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command")
-    _add_config(
-        sub.add_parser("run", help="run the gateway in the foreground (systemd Type=notify)")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub.add_parser(
+        "run", parents=[common], help="run the gateway in the foreground (systemd Type=notify)"
     )
     simulate = sub.add_parser(
         "simulate", help="run a local simulator of a platform (no real credentials)"
@@ -107,26 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from hermes import jobs_cli
 
-    _add_config(jobs_cli.add_parser(sub))
-    _add_config(sub.add_parser("check", help="validate a configuration file; exit 0 or 78"))
+    jobs_cli.add_parser(sub, [common])
+    sub.add_parser("check", parents=[common], help="validate a configuration file; exit 0 or 78")
     return parser
 
 
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"configuration file (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
-    )
-
-
 def _duration_arg(text: str) -> float:
+    from watchdog.clipping import quote
     from watchdog.settings import parse_duration
 
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{exc}, got {quote(text)}") from None
 
 
 def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
@@ -251,23 +271,24 @@ def cmd_run(path: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    config: str | None = getattr(args, "config", None)
     if args.version:
         import hermes
 
         print(f"hermes-gateway {hermes.__version__}")
         return 0
     if args.command == "run":
-        return cmd_run(_config_path(args.config))
+        return cmd_run(_config_path(config))
     if args.command == "check":
-        return cmd_check(_config_path(args.config))
+        return cmd_check(_config_path(config))
     if args.command == "simulate":
         return cmd_simulate_qqbot(args)
     if args.command == "jobs":
         from hermes import jobs_cli
 
-        config = _load(_config_path(args.config))
-        if config is None:
+        loaded = _load(_config_path(config))
+        if loaded is None:
             return EXIT_NOT_RETRYABLE
-        return jobs_cli.main(args, config)
+        return jobs_cli.main(args, loaded)
     parser.print_help(sys.stderr)
     return 2

@@ -21,6 +21,7 @@ from hermes.handlers import RouteSettings, parse_target
 from hermes.jobs import JobSettings
 from hermes.outbox import OutboxSettings
 from hermes.runs import RunnerSettings
+from watchdog.clipping import clip_message, quote
 from watchdog.exceptions import ConfigError
 from watchdog.settings import (
     SUPERVISION_KEYS,
@@ -94,7 +95,9 @@ def load_config(
 
     for key in data:
         if key not in TOP_LEVEL:
-            errors.append(f"{key}: unknown top-level key (expected one of: {', '.join(TOP_LEVEL)})")
+            errors.append(
+                f"{clip_message(key)}: unknown top-level key (expected one of: {', '.join(TOP_LEVEL)})"
+            )
 
     def take(key: str, model: type[Section]) -> Any:
         try:
@@ -125,7 +128,7 @@ def load_config(
         errors.append("platforms: no platform configured; add a [platforms.NAME] table")
     context = {"base_dir": base_dir, "environ": env}
     for name, table in tables.items():
-        where = f"platforms.{name}"
+        where = f"platforms.{clip_message(name)}"
         if not PLATFORM_NAME.fullmatch(name):
             errors.append(
                 f"{where}: platform names are 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -163,22 +166,22 @@ def load_config(
     routes = _tables(data, "routes", RouteSettings, errors)
     jobs = _tables(data, "jobs", JobSettings, errors)
     known = set(tables)
-    listing = ", ".join(sorted(known)) or "none"
+    listing = ", ".join(sorted(clip_message(k) for k in known)) or "none"
     for i, route in routes:
         if route.platform is not None and route.platform not in known:
             errors.append(
-                f"routes[{i}].platform: unknown platform {route.platform!r} (configured: {listing})"
+                f"routes[{i}].platform: unknown platform {quote(route.platform)} (configured: {listing})"
             )
     seen: set[str] = set()
     for i, job in jobs:
         if job.name in seen:
-            errors.append(f"jobs[{i}].name: a second job named {job.name!r}")
+            errors.append(f"jobs[{i}].name: a second job named {quote(job.name)}")
         seen.add(job.name)
         for target in job.targets:
             platform = parse_target(target)[0]
             if platform not in known:
                 errors.append(
-                    f"jobs[{i}].targets: unknown platform {platform!r} in {target!r} (configured: {listing})"
+                    f"jobs[{i}].targets: unknown platform {quote(platform)} in {quote(target)} (configured: {listing})"
                 )
 
     if errors:

@@ -3,8 +3,9 @@
 The CLI talks to the running gateway only through the database: ``run`` inserts a
 ``requested`` row in ``job_runs`` that the gateway claims (within ``runner.request_poll``);
 ``pause``/``resume`` change APScheduler's job store, which the gateway re-reads as often.
-Exit codes: 0 done; 1 the run failed (``run --wait``); 2 unknown job, bad arguments, or
-no gateway picked the run up in time; 78 invalid configuration.
+Exit codes: 0 done; 1 the run failed (``run --wait``); 2 unknown job, bad arguments, a
+missing or unusable state store, or no gateway picked the run up in time; 78 invalid
+configuration. ``list`` and ``history`` only read: they create and change nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from hermes.config import GatewayConfig
 from hermes.ledger import Ledger
+from watchdog.clipping import quote
 from watchdog.states import FAILED_RUNS
 from watchdog.table import age, local_time, render
 
@@ -24,14 +26,21 @@ RUN_FAILED = 1
 USAGE = 2
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``hermes jobs`` and its actions; the caller adds ``--config``."""
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add ``hermes jobs`` and its actions, each with the ``parents``' options (``--config``),
+    so that they are accepted before and after the action."""
     jobs: argparse.ArgumentParser = sub.add_parser(
-        "jobs", help="scheduled jobs: list, run, pause, resume, history"
+        "jobs", parents=parents, help="scheduled jobs: list, run, pause, resume, history"
     )
     actions = jobs.add_subparsers(dest="jobs_command", required=True)
-    actions.add_parser("list", help="every configured job: schedule, next run, last run, failures")
-    run = actions.add_parser("run", help="ask the running gateway to run a job now")
+    actions.add_parser(
+        "list",
+        parents=parents,
+        help="every configured job: schedule, next run, last run, failures",
+    )
+    run = actions.add_parser(
+        "run", parents=parents, help="ask the running gateway to run a job now"
+    )
     run.add_argument("name")
     run.add_argument(
         "--wait", action="store_true", help="wait for the run to end and print its result"
@@ -44,37 +53,68 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="how long to wait (default 120)",
     )
     for verb in ("pause", "resume"):
-        p = actions.add_parser(verb, help=f"{verb} a job's schedule")
+        p = actions.add_parser(verb, parents=parents, help=f"{verb} a job's schedule")
         p.add_argument("name")
-    history = actions.add_parser("history", help="recent runs (of one job or route)")
+    history = actions.add_parser(
+        "history", parents=parents, help="recent runs (of one job or route)"
+    )
     history.add_argument("name", nargs="?")
     history.add_argument("--limit", type=int, default=20, metavar="N")
     return jobs
 
 
 def main(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from watchdog.exceptions import StoreError
     from watchdog.store import StateStore
 
-    store = StateStore(config.database_url)
+    command = args.jobs_command
+    if command not in ("list", "history") and args.name not in {j.name for j in config.jobs}:
+        known = ", ".join(sorted(j.name for j in config.jobs)) or "none"
+        print(
+            f"hermes jobs: no job named {quote(args.name)} in {config.path} (configured: {known})",
+            file=sys.stderr,
+        )
+        return USAGE
+    if command == "history" and args.limit <= 0:
+        print(f"hermes jobs: --limit must be positive, got {args.limit}", file=sys.stderr)
+        return USAGE
     try:
-        ledger = Ledger(store.engine)
-        command = args.jobs_command
+        # Read-only first: it creates nothing, and refuses a missing, foreign or newer store,
+        # which a run request or a pause must not be written into either.
+        reader = StateStore(config.database_url, read_only=True)
+        try:
+
+            def read() -> Any:
+                reader.check_readable()
+                ledger = Ledger(reader.engine)
+                if command == "list":
+                    return job_rows(config, ledger)
+                if command == "history":
+                    return ledger.runs(args.name, args.limit)
+                return None
+
+            found = reader.read_consistently(read)
+        finally:
+            reader.close()
         if command == "list":
-            return list_jobs(config, ledger)
+            return print_jobs(found)
         if command == "history":
-            return history(ledger, args.name, args.limit)
-        if args.name not in {j.name for j in config.jobs}:
-            known = ", ".join(sorted(j.name for j in config.jobs)) or "none"
-            print(
-                f"hermes jobs: no job named {args.name!r} in {config.path} (configured: {known})",
-                file=sys.stderr,
-            )
-            return USAGE
-        if command == "run":
-            return run_job(ledger, args.name, args.wait, args.timeout)
-        return pause_or_resume(store, args.name, command)
-    finally:
-        store.close()
+            return print_history(found, args.name)
+        store = StateStore(config.database_url)
+        try:
+            if command == "run":
+                return run_job(Ledger(store.engine), args.name, args.wait, args.timeout)
+            return pause_or_resume(store, args.name, command)
+        finally:
+            store.close()
+    except StoreError as exc:
+        print(f"hermes jobs: {exc}", file=sys.stderr)
+        return USAGE
+    except SQLAlchemyError as exc:
+        print(f"hermes jobs: cannot read the state store: {exc}", file=sys.stderr)
+        return USAGE
 
 
 def _next_runs(ledger: Ledger) -> dict[str, float | None]:
@@ -87,14 +127,14 @@ def _next_runs(ledger: Ledger) -> dict[str, float | None]:
     return {r.id: r.next_run_time for r in rows}
 
 
-def list_jobs(config: GatewayConfig, ledger: Ledger) -> int:
-    if not config.jobs:
-        print("no jobs configured")
-        return 0
+def job_rows(config: GatewayConfig, ledger: Ledger) -> list[list[str]]:
+    """One table row per configured job: schedule, next run, last run, failures in the hour."""
     from sqlalchemy import func, select
 
     from watchdog.schema import job_runs
 
+    if not config.jobs:
+        return []
     stored = _next_runs(ledger)
     now = datetime.now(UTC)
     hour_ago = now - timedelta(hours=1)
@@ -139,15 +179,18 @@ def list_jobs(config: GatewayConfig, ledger: Ledger) -> int:
                     f"{job.action} -> {', '.join(job.targets)}",
                 ]
             )
+    return rows
+
+
+def print_jobs(rows: list[list[str]]) -> int:
+    if not rows:
+        print("no jobs configured")
+        return 0
     print(render(["JOB", "SCHEDULE", "NEXT RUN", "LAST RUN", "FAILED (1h)", "ACTION"], rows))
     return 0
 
 
-def history(ledger: Ledger, name: str | None, limit: int) -> int:
-    if limit <= 0:
-        print(f"hermes jobs: --limit must be positive, got {limit}", file=sys.stderr)
-        return USAGE
-    rows = ledger.runs(name, limit)
+def print_history(rows: list[dict[str, Any]], name: str | None) -> int:
     if not rows:
         print("no runs recorded" + (f" for {name}" if name else ""))
         return 0

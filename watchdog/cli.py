@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
+from watchdog.clipping import quote
 from watchdog.exceptions import ConfigError, StoreError
 from watchdog.states import FAILED_RUNS
 from watchdog.table import age, local_time, render
@@ -32,32 +34,51 @@ STUCK_PENDING = 300.0
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        from watchdog.clipping import clip_message
+
         # argparse exits 2, which a monitoring system would read as CRITICAL.
         self.print_usage(sys.stderr)
-        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+        self.exit(UNKNOWN, f"{self.prog}: error: {clip_message(message)}\n")
+
+
+def _source_options() -> _Parser:
+    """``--config``/``--database``/``--json``, accepted before and after the command.
+
+    ``SUPPRESS`` defaults: a subcommand's parser writes its defaults into the namespace
+    the main parser already filled, and would reset an option given before the command."""
+    common = _Parser(add_help=False)
+    group = common.add_mutually_exclusive_group()
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"gateway configuration whose [store] to read (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
+    )
+    group.add_argument(
+        "--database",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="SQLAlchemy URL of the state store",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = _source_options()
     parser = _Parser(
         prog="hermes-watchdog",
         description="Read what the hermes watchdog recorded: platform health and history.",
+        parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def source(p: argparse.ArgumentParser) -> None:
-        group = p.add_mutually_exclusive_group()
-        group.add_argument(
-            "--config",
-            metavar="FILE",
-            help=f"gateway configuration whose [store] to read (default: $HERMES_CONFIG or {DEFAULT_CONFIG})",
-        )
-        group.add_argument("--database", metavar="URL", help="SQLAlchemy URL of the state store")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-
     status = sub.add_parser(
-        "status", help="one row per platform; exit 0 ok, 1 degraded, 2 fatal, 3 unknown"
+        "status",
+        parents=[common],
+        help="one row per platform; exit 0 ok, 1 degraded, 2 fatal, 3 unknown",
     )
-    source(status)
     status.add_argument(
         "--stale-after",
         metavar="SECONDS",
@@ -65,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"call the gateway not ticking after this long without a tick "
         f"(default: {STALE_TICKS} tick intervals, at least {STALE_FLOOR:g} s)",
     )
-    history = sub.add_parser("history", help="state and health transitions, oldest first")
-    source(history)
+    history = sub.add_parser(
+        "history", parents=[common], help="state and health transitions, oldest first"
+    )
     history.add_argument("platform", nargs="?", help="only this platform")
     history.add_argument(
         "--since", metavar="WHEN", help='e.g. "30m", "2h", "1d" or an ISO date/time'
@@ -75,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=50, metavar="N", help="newest N rows (default 50)"
     )
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments, with the common options defaulted wherever they were (not) given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Given on both sides of the command, --config and --database escape the group's check.
+    if getattr(args, "config", None) is not None and getattr(args, "database", None) is not None:
+        parser.error("argument --database: not allowed with argument --config")
+    for name, default in (("config", None), ("database", None), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
 
 
 # -- reports
@@ -104,13 +139,16 @@ def assess(
     stale_after: float | None = None,
     jobs: Sequence[Mapping[str, Any]] = (),
     outbox: Mapping[str, Any] | None = None,
+    process: tuple[bool | None, str] = (None, ""),
 ) -> StatusReport:
     """Turn stored rows into a verdict; pure, ``now`` is passed in.
 
+    ``process`` is what :func:`gateway_process` found about the instance's process: a
+    gateway whose process is gone is dead at once, without waiting for its ticks to go stale.
     Besides the platforms: a route or job whose latest run failed, with at least
     ``JOB_FAILURES`` failures in the last hour, is degraded; so are outgoing messages that
     failed in the last hour or a message pending for longer than ``STUCK_PENDING``."""
-    report = _assess_platforms(instance, platforms, now, stale_after)
+    report = _assess_platforms(instance, platforms, now, stale_after, process)
     report.jobs = [dict(j) for j in jobs]
     report.outbox = None if outbox is None else dict(outbox)
     if report.overall not in ("ok", "degraded"):
@@ -149,6 +187,7 @@ def _assess_platforms(
     platforms: Sequence[Mapping[str, Any]],
     now: datetime,
     stale_after: float | None,
+    process: tuple[bool | None, str],
 ) -> StatusReport:
     rows = []
     for p in platforms:
@@ -171,7 +210,14 @@ def _assess_platforms(
     tick_age = _seconds(now, inst.get("last_tick_at"))
     inst["uptime_seconds"] = _seconds(inst.get("stopped_at") or now, inst["started_at"])
     inst["last_tick_age_seconds"] = tick_age
-    ticking = inst.get("stopped_at") is None and tick_age is not None and tick_age <= limit
+    alive, why = process if inst.get("stopped_at") is None else (None, "")
+    inst["process_alive"] = alive
+    ticking = (
+        inst.get("stopped_at") is None
+        and alive is not False
+        and tick_age is not None
+        and tick_age <= limit
+    )
     inst["ticking"] = ticking
 
     if inst.get("stopped_at") is not None:
@@ -180,8 +226,14 @@ def _assess_platforms(
         reason = inst.get("exit_reason") or ""
         summary = f"CRITICAL: gateway stopped {age(_seconds(now, inst['stopped_at']))} ago ({why}{': ' + reason if reason else ''})"
         return StatusReport("stopped", CRITICAL, summary, now, instance=inst, platforms=rows)
+    last = "never" if tick_age is None else f"{age(tick_age)} ago"
+    if alive is False:
+        summary = (
+            f"CRITICAL: gateway pid {inst['pid']} on {inst['host']} is gone ({why}); "
+            f"last tick {last}, no stop recorded: killed or crashed"
+        )
+        return StatusReport("dead", CRITICAL, summary, now, instance=inst, platforms=rows)
     if not ticking:
-        last = "never" if tick_age is None else f"{age(tick_age)} ago"
         summary = (
             f"CRITICAL: gateway not ticking (last tick {last}, every {interval:g} s): "
             "hung or dead, whatever the platform rows claim"
@@ -331,6 +383,56 @@ def report_text(report: StatusReport) -> str:
     return "\n".join(lines)
 
 
+# -- the gateway's process
+
+PID_START_TOLERANCE = 5.0
+"""Seconds by which a process may seem to have started after the instance row's
+``started_at`` and still be that gateway: boot time in /proc/stat is whole seconds,
+and the wall clock may have been stepped since."""
+
+
+def gateway_process(
+    host: str, pid: int, started_at: datetime, proc: Path = Path("/proc")
+) -> tuple[bool | None, str]:
+    """Whether the process that wrote an instance row is still running: ``(False, why)``
+    when it is gone or its pid now belongs to another process, ``(True, "")`` when it runs,
+    ``(None, why)`` when this host cannot tell (another host, no /proc, a hidden process).
+
+    Only a row naming this host (``socket.gethostname()``, as the gateway writes it) is
+    checked. A pid is reused only after its process died, so a process holding the pid that
+    started after the gateway did is another one."""
+    if host != socket.gethostname():
+        return None, f"on another host ({host})"
+    if pid <= 0:
+        return None, f"invalid pid {pid}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, "no such process"
+    except PermissionError:
+        pass  # it exists, under another user
+    except OSError as exc:
+        return None, f"cannot signal pid {pid}: {exc.strerror or exc}"
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in (proc / "stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        # Fields after "(comm)": state is field 3 of proc(5), starttime field 22.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, start_ticks = fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None, f"cannot read {proc}/{pid}/stat"
+    if state in ("Z", "X"):
+        return False, "exited; a zombie its parent has not reaped"
+    started = datetime.fromtimestamp(boot + start_ticks / os.sysconf("SC_CLK_TCK"), UTC)
+    if started > started_at + timedelta(seconds=PID_START_TOLERANCE):
+        return False, f"pid {pid} now belongs to another process, started {local_time(started)}"
+    return True, ""
+
+
 # -- commands
 
 
@@ -350,29 +452,30 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
 def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from watchdog.store import StateStore
 
-    store = StateStore(_database(args, environ), read_only=True)
-    try:
-        store.check_readable()
-    except BaseException:
-        store.close()
-        raise
-    return store
+    return StateStore(_database(args, environ), read_only=True)
 
 
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     now = datetime.now(UTC)
+    hour_ago = now - timedelta(hours=1)
     store = None
-    try:
-        store = _open(args, environ)
-        hour_ago = now - timedelta(hours=1)
-        report = assess(
+
+    def read(store: Any) -> tuple[Any, ...]:
+        store.check_readable()
+        return (
             store.latest_instance(),
             store.platforms(),
-            now,
-            args.stale_after,
             store.jobs_summary(hour_ago),
             store.outbox_summary(hour_ago),
         )
+
+    try:
+        store = _open(args, environ)
+        instance, platforms, jobs, outbox = store.read_consistently(lambda: read(store))
+        process: tuple[bool | None, str] = (None, "")
+        if instance is not None and instance.get("stopped_at") is None:
+            process = gateway_process(instance["host"], instance["pid"], instance["started_at"])
+        report = assess(instance, platforms, now, args.stale_after, jobs, outbox, process)
         report.store = store.name
     except (StoreError, ConfigError, ValueError) as exc:
         report = StatusReport("unknown", UNKNOWN, f"UNKNOWN: {exc}", now)
@@ -393,12 +496,15 @@ def parse_since(text: str, now: datetime) -> datetime:
     match = _SINCE.fullmatch(text.strip())
     if match:
         unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return now - timedelta(seconds=float(match.group(1)) * unit)
+        try:
+            return now - timedelta(seconds=float(match.group(1)) * unit)
+        except OverflowError:
+            raise ValueError(f"--since: {quote(text)} reaches back before year 1") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
-            f'--since: expected a duration like "30m", "2h", "1d" or an ISO date/time, got {text!r}'
+            f'--since: expected a duration like "30m", "2h", "1d" or an ISO date/time, got {quote(text)}'
         ) from None
     return when.astimezone() if when.tzinfo is None else when
 
@@ -412,8 +518,13 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         since = parse_since(args.since, now) if args.since else None
         store = _open(args, environ)
-        rows = store.transitions(args.platform, since, args.limit)
-        known = {p["platform"] for p in store.platforms()}
+
+        def read() -> tuple[list[dict[str, Any]], set[str]]:
+            store.check_readable()
+            rows = store.transitions(args.platform, since, args.limit)
+            return rows, {p["platform"] for p in store.platforms()}
+
+        rows, known = store.read_consistently(read)
     except (StoreError, ConfigError, ValueError) as exc:
         print(f"hermes-watchdog: {exc}", file=sys.stderr)
         return UNKNOWN
@@ -423,7 +534,7 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.platform and not rows and args.platform not in known:
         listing = ", ".join(sorted(known)) or "none"
         print(
-            f"hermes-watchdog: no platform {args.platform!r} in the store (known: {listing})",
+            f"hermes-watchdog: no platform {quote(args.platform)} in the store (known: {listing})",
             file=sys.stderr,
         )
         return UNKNOWN
@@ -464,7 +575,7 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     env = os.environ if environ is None else environ
     if args.command == "status":
         return cmd_status(args, env)

@@ -20,9 +20,12 @@ class ConfigError(WatchdogError):
     """Settings are invalid; ``problems`` lists one line per problem, each naming where."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
+        from watchdog.clipping import clip_message
+
         self.source = source
-        self.problems = problems
-        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+        # Problems echo what was written; a 5 MB value must not make a 5 MB message.
+        self.problems = [clip_message(p) for p in problems]
+        super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
 
 
 class StoreError(WatchdogError):

@@ -6,6 +6,7 @@ The gateway's configuration embeds these; the ``hermes-watchdog`` CLI reads only
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -27,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from watchdog import secrets
+from watchdog.clipping import clip_message, quote
 from watchdog.exceptions import ConfigError
 from watchdog.heartbeat import PlatformPolicy
 from watchdog.restart import RestartPolicy
@@ -54,12 +56,15 @@ def _duration(value: Any) -> Any:
 def parse_duration(text: str) -> float:
     """Seconds from ``"500ms"``, ``"30s"``, ``"5min"``, ``"1h"`` or a plain number (for CLIs);
     the pattern has no sign, so nothing negative gets through."""
-    return float(_duration(text))
+    seconds = float(_duration(text))
+    if not math.isfinite(seconds):
+        raise ValueError("expected a finite duration")
+    return seconds
 
 
-Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
-"""Seconds, > 0."""
-NonNegativeDuration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0, allow_inf_nan=False)]
+"""Seconds, > 0 and finite (a huge number of digits would otherwise be infinity)."""
+NonNegativeDuration = Annotated[float, BeforeValidator(_duration), Field(ge=0, allow_inf_nan=False)]
 
 
 class Section(BaseModel):
@@ -151,14 +156,14 @@ def problems(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[str
     """One line per validation error: ``key.path: what was expected (got ...)``."""
     lines = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in (*prefix, *err["loc"]))
+        loc = ".".join(clip_message(str(p)) for p in (*prefix, *err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the example configuration)"
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("model_type",) and not _secretish(loc):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {quote(err['input'])})"
         lines.append(f"{loc or '<top level>'}: {msg}")
     return lines
 
@@ -190,7 +195,7 @@ def database_url(store: StoreSettings, base_dir: Path, environ: Mapping[str, str
             raise ValueError(f"not a database URL: {exc}") from None
         if parsed.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError(
-                f"unsupported database {parsed.get_backend_name()!r}; use sqlite:///PATH or "
+                f"unsupported database {quote(parsed.get_backend_name())}; use sqlite:///PATH or "
                 "postgresql+psycopg://..."
             )
         if parsed.password:

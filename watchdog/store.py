@@ -8,12 +8,13 @@ store read-only and never creates or migrates anything.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
@@ -46,6 +47,8 @@ SCHEMA_HEAD = "0002"
 RUNNER_SCHEMA = "0002"
 """The first revision with ``job_runs`` and ``outbox``."""
 ALEMBIC_LOCATION = "watchdog:migrations"
+
+T = TypeVar("T")
 
 
 def display_url(url: str | URL) -> str:
@@ -94,6 +97,10 @@ class StateStore:
         self.name = display_url(parsed)
         self._checked_revision: str | None = None
         """The revision check_readable() or migrate() found, so reads need not ask again."""
+        self._quiet_sidecars: tuple[int, int] | None = None
+        """SQLite read without locks (``immutable``): the -wal and -shm sizes (-1: absent) seen
+        then, to notice a gateway that opened the database during the read."""
+        self._sqlite_path: Path | None = None
         try:
             self.engine = self._create_engine(parsed, timeout)
         except (SQLAlchemyError, ImportError) as exc:
@@ -137,11 +144,22 @@ class StateStore:
                 raise StoreNotFound(
                     f"no state store at {path} (has the gateway run with this configuration?)"
                 )
-            # mode=ro: a reader must never create, migrate or repair a database.
-            url = url.set(database=f"file:{path.resolve()}?mode=ro", query={"uri": "true"})
+            path = self._sqlite_path = path.resolve()
+            # The URI is chosen per connection (see _read_only_uri); this one is a placeholder.
+            url = url.set(database=f"file:{path}?mode=ro", query={"uri": "true"})
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": timeout})
+        if self.read_only:
+
+            @event.listens_for(engine, "do_connect")
+            def _read_only_connect(
+                _dialect: Any, _record: Any, cargs: list[Any], _cparams: dict[str, Any]
+            ) -> None:
+                cargs[0], quiet = _read_only_uri(path)
+                if quiet is not None and self._quiet_sidecars is None:
+                    self._quiet_sidecars = quiet
+
         busy_ms = int(timeout * 1000)
         read_only = self.read_only
 
@@ -160,6 +178,18 @@ class StateStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def read_consistently(self, read: Callable[[], T]) -> T:
+        """``read()``, done again through SQLite's locks if it ran without them and a gateway
+        opened the database meanwhile (what it read may then be torn by a checkpoint)."""
+        result = read()
+        quiet, path = self._quiet_sidecars, self._sqlite_path
+        if quiet is not None and path is not None and _sidecars(path) != quiet:
+            self.engine.dispose()  # the next connection chooses its mode again
+            self._quiet_sidecars = None
+            self._checked_revision = None
+            result = read()
+        return result
 
     # -- schema
 
@@ -404,6 +434,61 @@ class StateStore:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         rows.reverse()
         return rows
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _sidecars(path: Path) -> tuple[int, int]:
+    """Sizes of the -wal and -shm files beside ``path``; -1 for one that does not exist."""
+
+    def size(suffix: str) -> int:
+        try:
+            return os.stat(f"{path}{suffix}").st_size
+        except FileNotFoundError:
+            return -1
+
+    return size("-wal"), size("-shm")
+
+
+def _read_only_uri(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """An SQLite URI that reads ``path`` faithfully and creates nothing beside it; for an
+    ``immutable`` one (read without locks) also the sidecar files it was chosen on.
+
+    ``mode=ro`` alone is not enough: on a WAL database SQLite creates the -wal and -shm files
+    if they are missing (or, in a directory it cannot write, fails with "attempt to write a
+    readonly database"). Both exist while any connection has the database open, and SQLite
+    deletes both when the last one closes cleanly; a crash leaves both. So:
+
+    - both present: a gateway has it open, or died: ``mode=ro``, through SQLite's locks and
+      WAL index (nothing is created, both exist);
+    - a -wal holding data without its -shm (copied or cleaned up by hand): no way to read the
+      data without creating the -shm; refused;
+    - otherwise no connection has the database open and no WAL holds data: a WAL database is
+      read ``immutable`` (no locks, no sidecar files). If a gateway opens it meanwhile,
+      :meth:`StateStore.read_consistently` notices and reads again through the locks;
+    - a rollback-journal database (not WAL) creates nothing under ``mode=ro``, which also
+      respects a hot journal that ``immutable`` would ignore.
+    """
+    wal, shm = quiet = _sidecars(path)
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"  # a "?" or "#" in the path is data
+    if wal >= 0 and shm >= 0:
+        return uri, None
+    if wal > 0:
+        raise StoreError(
+            f"{path}-wal holds transactions but {path.name}-shm is missing: reading them would "
+            f"create {path.name}-shm. Start the gateway once (it folds the WAL into the "
+            f"database), or run sqlite3 {path} 'PRAGMA wal_checkpoint' as a user who may write there"
+        )
+    try:
+        with path.open("rb") as f:
+            header = f.read(100)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    wal_mode = header.startswith(_SQLITE_MAGIC) and len(header) == 100 and 2 in header[18:20]
+    if wal_mode or wal >= 0 or shm >= 0:
+        return f"{uri}&immutable=1", quiet
+    return uri, None
 
 
 def _short(exc: BaseException) -> str:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.proc import HERMES, HERMES_WATCHDOG, run_cli
+from tests.support.proc import HERMES, HERMES_WATCHDOG, GatewayProcess, run_cli
 from watchdog.store import Batch, StateStore
 
 
@@ -453,3 +458,117 @@ def test_a_message_pending_too_long_shows_as_degraded(sqlite_url):
     # The oldest *pending* message counts (20 min), not the one being sent (30 min).
     assert re.search(r"2 outgoing messages pending, the oldest for 20m0\ds", result.stdout)
     assert re.search(r"outbox: 2 pending \(oldest 20m0\ds\), 1 sending;", result.stdout)
+
+
+# -- a gateway process that is gone
+
+
+def seed_here(url: str, pid: int, started_at: datetime) -> None:
+    """An instance row of a gateway on this host, ticking a moment ago."""
+    now = datetime.now(UTC)
+    store = StateStore(url)
+    try:
+        store.migrate()
+        store.begin_instance(
+            {
+                "id": "66666666-2222-3333-4444-555555555555",
+                "host": socket.gethostname(),
+                "pid": pid,
+                "version": "0.1.0",
+                "started_at": started_at,
+                "last_tick_at": now - timedelta(seconds=0.5),
+                "tick_interval": 2.0,
+                "pinging": True,
+                "status_text": "1/1 platforms ok",
+                "store_failures": 0,
+            }
+        )
+        store.replace_platforms([row(now, "qq")])
+    finally:
+        store.close()
+
+
+async def test_status_right_after_the_gateway_was_killed_says_it_is_gone(tmp_path):
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        '[store]\ndirectory = "state"\n[watchdog]\ntick_interval = 0.2\n'
+        '[platforms.bot]\nadapter = "demo"\n'
+    )
+    gw = await GatewayProcess(config).start()
+    try:
+        await gw.wait_line(r"platform=bot health degraded -> ok", timeout=20)
+        alive = await asyncio.to_thread(run_cli, HERMES_WATCHDOG, "status", "--config", str(config))
+        assert alive.returncode == 0, alive.stdout + alive.stderr
+        assert gw.proc is not None
+        pid = gw.proc.pid
+        gw.signal(signal.SIGKILL)
+        assert await gw.wait(10) == -signal.SIGKILL
+    finally:
+        await gw.kill()
+    # Well within the staleness window (and a long one): the pid alone says it.
+    args = ("status", "--config", str(config), "--stale-after", "600")
+    dead = await asyncio.to_thread(run_cli, HERMES_WATCHDOG, *args)
+    assert dead.returncode == 2, dead.stdout + dead.stderr
+    assert dead.stdout.startswith(
+        f"CRITICAL: gateway pid {pid} on {socket.gethostname()} is gone (no such process); "
+        "last tick "
+    )
+    assert "no stop recorded: killed or crashed" in dead.stdout.splitlines()[0]
+    assert "NOT pinging systemd" in dead.stdout
+    doc = json.loads((await asyncio.to_thread(run_cli, HERMES_WATCHDOG, *args, "--json")).stdout)
+    assert (doc["overall"], doc["exit_code"]) == ("dead", 2)
+    assert (doc["instance"]["process_alive"], doc["instance"]["ticking"]) == (False, False)
+
+
+def test_a_pid_now_held_by_a_younger_process_is_a_dead_gateway(sqlite_url):
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        # The gateway started an hour ago; whatever holds its pid now started just now.
+        seed_here(sqlite_url, other.pid, datetime.now(UTC) - timedelta(hours=1))
+        result = status(sqlite_url, "--stale-after", "600")
+        json_doc = json.loads(status(sqlite_url, "--json").stdout)
+    finally:
+        other.kill()
+        other.wait()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.startswith(
+        f"CRITICAL: gateway pid {other.pid} on {socket.gethostname()} is gone "
+        f"(pid {other.pid} now belongs to another process, started "
+    )
+    assert json_doc["overall"] == "dead"
+
+
+def test_a_live_gateway_pid_on_this_host_keeps_the_staleness_rule(sqlite_url):
+    # The process holding the pid started before the row: it is the gateway, alive.
+    seed_here(sqlite_url, os.getpid(), datetime.now(UTC))
+    ok = status(sqlite_url, "--json")
+    assert ok.returncode == 0, ok.stdout
+    assert json.loads(ok.stdout)["instance"]["process_alive"] is True
+    # Alive but not ticking: hung, as before.
+    hung = status(sqlite_url, "--stale-after", "0.1")
+    assert hung.returncode == 2
+    assert hung.stdout.startswith("CRITICAL: gateway not ticking")
+
+
+def test_a_gateway_on_another_host_is_judged_by_its_ticks_only(sqlite_url):
+    seed(sqlite_url, [{"platform": "qq"}])  # host gw1, pid 4242: nothing to check here
+    result = status(sqlite_url, "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["instance"]["process_alive"] is None
+
+
+def test_an_exited_gateway_not_yet_reaped_by_its_parent_is_gone():
+    from watchdog.cli import gateway_process
+
+    child = subprocess.Popen(["true"])
+    try:
+        started = datetime.now(UTC)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, still a zombie
+        assert gateway_process(socket.gethostname(), child.pid, started) == (
+            False,
+            "exited; a zombie its parent has not reaped",
+        )
+    finally:
+        child.wait()
+    assert gateway_process(socket.gethostname(), child.pid, started) == (False, "no such process")
+    assert gateway_process("elsewhere", child.pid, started)[0] is None

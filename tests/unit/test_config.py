@@ -291,3 +291,88 @@ def test_a_qqbot_platform_pointed_at_a_simulator_loads(tmp_path):
     settings = cfg.platforms["qq"].settings
     assert settings.client_secret.reveal() == "s3cret"  # type: ignore[attr-defined]
     assert "s3cret" not in repr(settings)
+
+
+# -- huge values are clipped in every message that echoes them
+
+HUGE = 5 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        # a value echoed by the reporter ("got ...")
+        (
+            '[platforms.bot]\nadapter = "demo"\nheartbeat_ttl = "{huge}"\n',
+            "platforms.bot.heartbeat_ttl",
+        ),
+        # a value echoed by an adapter's own validator (no blanks)
+        (
+            '[platforms.bot]\nadapter = "qqbot"\napp_id = "1"\nclient_secret = "env:S"\n'
+            'api_base = "{huge}"\n',
+            "platforms.bot.api_base",
+        ),
+        # a value with blanks, echoed by a validator deep inside
+        (
+            '[platforms.bot]\nadapter = "demo"\n[[jobs]]\nname = "j"\ncron = "{spaced}"\n'
+            'action = "send"\ntext = "x"\ntargets = ["bot:group:G"]\n',
+            "jobs[1]",
+        ),
+        # a key
+        ('{huge} = 1\n[platforms.bot]\nadapter = "demo"\n', "unknown top-level key"),
+        ('[platforms.bot]\nadapter = "demo"\n{huge} = 1\n', "unknown key"),
+        # a platform name, also echoed in the list of configured platforms
+        (
+            '[platforms.{huge}]\nadapter = "demo"\n[[routes]]\nplatform = "x"\nhandler = "echo"\n',
+            "platforms.",
+        ),
+    ],
+    ids=[
+        "got-value",
+        "validator-value",
+        "validator-spaced-value",
+        "top-level-key",
+        "platform-key",
+        "platform-name",
+    ],
+)
+def test_a_5mb_value_makes_a_short_error_naming_the_key_and_file(tmp_path, toml, key):
+    path = write(
+        tmp_path,
+        toml.replace("{huge}", "x" * HUGE).replace("{spaced}", "1 " * (HUGE // 2)),
+    )
+    problems = problems_of(path, {"S": "secret"})
+    message = str(ConfigError(str(path), problems))
+    assert len(message) < 3000, message[:3000]
+    assert any(key in p for p in problems), problems
+    assert str(path) in message
+    assert "characters)" in message  # says how long the clipped value was
+
+
+def test_cli_arguments_echoed_in_errors_are_clipped(capsys):
+    from hermes.cli import main as hermes_main
+    from watchdog.cli import main as watchdog_main
+
+    huge = "7" * HUGE + "s"
+    for argv, main, code in (
+        (["status", "--stale-after", huge], watchdog_main, 3),
+        (["history", "--since", huge, "--database", "sqlite:////nonexistent"], watchdog_main, 3),
+        (["status", "--bogus", huge], watchdog_main, 3),
+        (["simulate", "qqbot", "--heartbeat-interval", "x" + huge], hermes_main, 2),
+        (["frobnicate-" + huge], hermes_main, 2),
+    ):
+        exits: list[object] = []
+        try:
+            exits.append(main(argv))
+        except SystemExit as exc:  # argparse's own errors
+            exits.append(exc.code)
+        assert exits == [code], argv[:2]
+        err = capsys.readouterr().err
+        assert 0 < len(err) < 2000, (argv[:2], err[:2000])
+        assert "characters)" in err, (argv[:2], err)
+
+
+def test_a_duration_too_long_to_be_finite_is_rejected(tmp_path):
+    path = write(tmp_path, f'[platforms.bot]\nadapter = "demo"\nheartbeat_ttl = "{"9" * 400}s"\n')
+    (problem,) = problems_of(path)
+    assert problem.startswith("platforms.bot.heartbeat_ttl: Input should be a finite number")
