@@ -37,6 +37,7 @@ from hermes.ledger import DB_ERRORS, Ledger, Outage, Outgoing, now_utc
 from hermes.messages import InboundMessage
 from hermes.outbox import Outbox, OutboxSettings, Platforms
 from watchdog.settings import Duration, Section
+from watchdog.store import is_row_error
 from watchdog.tasks import TaskRegistry, cancel_and_wait, describe_exception
 from watchdog.threads import DaemonWorker
 
@@ -144,20 +145,20 @@ class JobRunner:
                 route.settings.timeout,
                 lambda: handle(route, message, run_id, self.environ),
             )
-            replies = []
-            if result.reply:
-                replies.append(
-                    Outgoing(
-                        key=f"run:{run_id}:reply",
-                        platform=message.platform,
-                        chat_kind=message.chat_kind,
-                        chat_id=message.chat_id,
-                        text=result.reply,
-                        reply_to=message.message_id,
-                        expires_at=self._reply_deadline(message),
-                    )
+        replies = []
+        if result.reply:
+            replies.append(
+                Outgoing(
+                    key=f"run:{run_id}:reply",
+                    platform=message.platform,
+                    chat_kind=message.chat_kind,
+                    chat_id=message.chat_id,
+                    text=result.reply,
+                    reply_to=message.message_id,
+                    expires_at=self._reply_deadline(message),
                 )
-            await self._finish(run_id, result, replies)
+            )
+        await self._finish(run_id, result, replies)  # outside the slot: it may wait out an outage
 
     def _reply_deadline(self, message: InboundMessage) -> datetime | None:
         adapter = self.platforms.adapter(message.platform)
@@ -213,12 +214,8 @@ class JobRunner:
             for run_id, name in requests:
                 job = self.jobs.get(name)
                 if job is None:
-                    await self.db.call(
-                        self.ledger.finish_run,
-                        run_id,
-                        "error",
-                        error=f"no job named {name!r} is configured",
-                    )
+                    why = f"no job named {name!r} is configured"
+                    await self._finish(run_id, Result("error", error=why), [])
                     continue
                 self._spawn(self._job_run(job, run_id, "manual", None), f"run:{name}:manual")
             await asyncio.sleep(self.settings.request_poll)
@@ -233,22 +230,22 @@ class JobRunner:
                 job.timeout,
                 lambda: self._job_action(job, run_id, trigger, scheduled),
             )
-            messages = []
-            if result.reply:
-                expires = now_utc() + timedelta(seconds=self.outbox_settings.max_age)
-                for target in job.targets:
-                    platform, kind, chat = parse_target(target)
-                    messages.append(
-                        Outgoing(
-                            f"run:{run_id}:{target}",
-                            platform,
-                            kind,
-                            chat,
-                            result.reply,
-                            expires_at=expires,
-                        )
+        messages = []
+        if result.reply:
+            expires = now_utc() + timedelta(seconds=self.outbox_settings.max_age)
+            for target in job.targets:
+                platform, kind, chat = parse_target(target)
+                messages.append(
+                    Outgoing(
+                        f"run:{run_id}:{target}",
+                        platform,
+                        kind,
+                        chat,
+                        result.reply,
+                        expires_at=expires,
                     )
-            await self._finish(run_id, result, messages)
+                )
+        await self._finish(run_id, result, messages)
 
     async def _job_action(
         self, job: JobSettings, run_id: str, trigger: str, scheduled: datetime | None
@@ -312,12 +309,16 @@ class JobRunner:
             return Result("error", error=describe_exception(exc))
         return Result("ok", reply=reply, output=reply)
 
-    async def _finish(
-        self, run_id: str, result: Result, messages: list[Outgoing], attempts: int = 6
-    ) -> None:
-        """Record the end of a run and enqueue what it produced; rides out a short outage."""
+    async def _finish(self, run_id: str, result: Result, messages: list[Outgoing]) -> None:
+        """Record the end of a run and enqueue what it produced.
+
+        An outage is waited out for as long as it lasts: the run and its messages are held
+        here until the store takes them (a stop meanwhile leaves the run to be closed as
+        interrupted at the next start). A row the database refuses is no outage: the ledger
+        writes the rest and ends the run ``error`` saying what was refused.
+        """
         outage = Outage(f"run {run_id[:8]}")
-        for attempt in range(1, attempts + 1):
+        while True:
             try:
                 await self.db.call(
                     self.ledger.finish_run,
@@ -328,13 +329,14 @@ class JobRunner:
                     messages=messages,
                 )
                 break
-            except DB_ERRORS as exc:
-                if attempt == attempts:
+            except Exception as exc:
+                if not isinstance(exc, DB_ERRORS) and not is_row_error(exc):
+                    raise
+                if is_row_error(exc):  # even the ledger's last resort was refused
                     logger.error(
-                        "run {} ended {} but could not be recorded; {} messages lost: {}",
+                        "run {} ended {} but the store refused to record it: {}",
                         run_id,
                         result.status,
-                        len(messages),
                         describe_exception(exc),
                     )
                     return
