@@ -223,6 +223,7 @@ def test_an_expired_head_lets_the_next_row_of_its_chat_go(ledger):
 
 def test_a_message_the_database_refuses_fails_alone_and_the_run_says_so(ledger):
     run = ledger.start_run(kind="job", name="digest", trigger="manual")
+    assert run is not None
     bad = Outgoing("run:1:bad", "qq", None, "G2", "two")  # type: ignore[arg-type]
     ids = ledger.finish_run(
         run, "ok", output="hi", messages=[to("G1", "one"), bad, to("G3", "three")]
@@ -247,6 +248,7 @@ def test_a_value_too_long_for_postgresql_fails_that_message_as_a_failed_row(pg_u
     ledger = Ledger(store.engine, "instance-1")
     try:
         run = ledger.start_run(kind="route", name="echo", trigger="message", message_id="m" * 300)
+        assert run is not None
         long_chat = "G" * 300  # a chat id over VARCHAR(255): PostgreSQL raises DataError
         ledger.finish_run(
             run, "ok", output="x", messages=[to("G1", "a"), to(long_chat, "b"), to("G1", "c")]
@@ -280,6 +282,7 @@ def test_a_locked_database_is_an_outage_not_a_bad_row(tmp_path):
     store.migrate()
     ledger = Ledger(store.engine, "instance-1")
     run = ledger.start_run(kind="route", name="echo", trigger="message")
+    assert run is not None
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
@@ -307,6 +310,7 @@ def test_a_locked_database_is_an_outage_not_a_bad_row(tmp_path):
 )
 def test_text_no_backend_can_hold_is_stored_the_same_on_every_backend(ledger, text):
     run = ledger.start_run(kind="route", name="echo", trigger="message", message_id=text)
+    assert run is not None
     ledger.finish_run(
         run,
         "ok",

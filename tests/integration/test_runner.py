@@ -685,7 +685,8 @@ async def test_replies_keep_their_order_within_each_chat_through_500s_and_rate_l
 async def test_a_chat_waiting_for_a_retry_holds_its_own_replies_and_no_other_chat(
     tmp_path, notify_path, monkeypatch
 ):
-    async with PerChatFailures(heartbeat_interval=0.2) as sim:
+    sim = PerChatFailures(heartbeat_interval=0.2)
+    async with sim:
         monkeypatch.setenv("QQ_SECRET", sim.client_secret)
         config = order_config(tmp_path, sim)
         async with serving(config, notify_path):
