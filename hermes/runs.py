@@ -145,20 +145,20 @@ class JobRunner:
                 route.settings.timeout,
                 lambda: handle(route, message, run_id, self.environ),
             )
-        replies = []
-        if result.reply:
-            replies.append(
-                Outgoing(
-                    key=f"run:{run_id}:reply",
-                    platform=message.platform,
-                    chat_kind=message.chat_kind,
-                    chat_id=message.chat_id,
-                    text=result.reply,
-                    reply_to=message.message_id,
-                    expires_at=self._reply_deadline(message),
+            replies = []
+            if result.reply:
+                replies.append(
+                    Outgoing(
+                        key=f"run:{run_id}:reply",
+                        platform=message.platform,
+                        chat_kind=message.chat_kind,
+                        chat_id=message.chat_id,
+                        text=result.reply,
+                        reply_to=message.message_id,
+                        expires_at=self._reply_deadline(message),
+                    )
                 )
-            )
-        await self._finish(run_id, result, replies)  # outside the slot: it may wait out an outage
+            await self._finish(run_id, result, replies)
 
     def _reply_deadline(self, message: InboundMessage) -> datetime | None:
         adapter = self.platforms.adapter(message.platform)
@@ -230,22 +230,22 @@ class JobRunner:
                 job.timeout,
                 lambda: self._job_action(job, run_id, trigger, scheduled),
             )
-        messages = []
-        if result.reply:
-            expires = now_utc() + timedelta(seconds=self.outbox_settings.max_age)
-            for target in job.targets:
-                platform, kind, chat = parse_target(target)
-                messages.append(
-                    Outgoing(
-                        f"run:{run_id}:{target}",
-                        platform,
-                        kind,
-                        chat,
-                        result.reply,
-                        expires_at=expires,
+            messages = []
+            if result.reply:
+                expires = now_utc() + timedelta(seconds=self.outbox_settings.max_age)
+                for target in job.targets:
+                    platform, kind, chat = parse_target(target)
+                    messages.append(
+                        Outgoing(
+                            f"run:{run_id}:{target}",
+                            platform,
+                            kind,
+                            chat,
+                            result.reply,
+                            expires_at=expires,
+                        )
                     )
-                )
-        await self._finish(run_id, result, messages)
+            await self._finish(run_id, result, messages)
 
     async def _job_action(
         self, job: JobSettings, run_id: str, trigger: str, scheduled: datetime | None
