@@ -14,11 +14,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from watchdog.schema import job_runs, outbox
+from watchdog.schema import fitted, job_runs, outbox
+from watchdog.store import is_row_error
 from watchdog.tasks import describe_exception
 
 REQUEST_MAX_AGE = timedelta(minutes=10)
@@ -35,6 +47,11 @@ def clip(text: str | None, limit: int) -> str | None:
     if text is None:
         return None
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+CLAIM_LOCK = 0x6865726D6573
+"""PostgreSQL advisory lock taken by every claim: two processes on one store never claim
+side by side, so neither sends a chat's later row while the other sends its head."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,14 @@ class Ledger:
             if scheduled_for is None:
                 raise
             return None
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            # A value the database refuses (a platform's 300-character message id): the run
+            # is recorded with it clipped rather than not at all.
+            logger.warning("run {} recorded with clipped values: {}", rid, describe_exception(exc))
+            with self.engine.begin() as conn:
+                conn.execute(insert(job_runs).values(fitted(job_runs, row)))
         return rid
 
     def finish_run(
@@ -117,19 +142,83 @@ class Ledger:
         output: str | None = None,
         messages: Sequence[Outgoing] = (),
     ) -> list[int]:
-        """Record how a run ended and put its messages in the outbox, in one transaction."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(job_runs)
-                .where(job_runs.c.id == run_id)
-                .values(
-                    status=status,
-                    finished_at=now_utc(),
-                    error=clip(error, ERROR_LIMIT),
-                    output=clip(output, OUTPUT_LIMIT),
-                )
+        """Record how a run ended and put its messages in the outbox, in one transaction.
+
+        If the database refuses a row of it (:func:`~watchdog.store.is_row_error`), the run
+        and its messages are written one by one instead: a message that cannot be stored is
+        recorded as a ``failed`` outbox row where possible, and the run ends ``error`` saying
+        which; the others go out. An outage raises, for the caller to retry.
+        """
+        values = {
+            "status": status,
+            "finished_at": now_utc(),
+            "error": clip(error, ERROR_LIMIT),
+            "output": clip(output, OUTPUT_LIMIT),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(values))
+                return self._enqueue(conn, messages, run_id)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            logger.warning(
+                "run {}: the database refused part of its result ({}); writing it row by row",
+                run_id,
+                describe_exception(exc),
             )
-            return self._enqueue(conn, messages, run_id)
+        return self._finish_row_by_row(run_id, values, messages)
+
+    def _finish_row_by_row(
+        self, run_id: str, values: dict[str, Any], messages: Sequence[Outgoing]
+    ) -> list[int]:
+        ids: list[int] = []
+        refused: list[str] = []
+        for m in messages:
+            try:
+                with self.engine.begin() as conn:
+                    ids += self._enqueue(conn, [m], run_id)
+                continue
+            except Exception as exc:
+                if not is_row_error(exc):
+                    raise
+                why = f"not stored: {describe_exception(exc)}"
+            refused.append(f"message {m.key}: {why}")
+            logger.bind(platform=m.platform).error("run {}: message {} {}", run_id, m.key, why)
+            try:  # a failed row, counted where failed messages are counted (status)
+                with self.engine.begin() as conn:
+                    self._enqueue(conn, [m], run_id, failed=why)
+            except Exception as exc:
+                if not is_row_error(exc):
+                    raise
+        if refused:
+            values["status"] = "error"
+            lines = [f"{len(refused)} of {len(messages)} messages could not be stored"]
+            values["error"] = clip(
+                "; ".join(lines + refused + [values["error"] or ""]).rstrip("; "), ERROR_LIMIT
+            )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(values))
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(job_runs)
+                    .where(job_runs.c.id == run_id)
+                    .values(
+                        status="error",
+                        finished_at=values["finished_at"],
+                        output=None,
+                        error=clip(
+                            f"the run ended {values['status']} but its result could not be "
+                            f"stored: {describe_exception(exc)}",
+                            ERROR_LIMIT,
+                        ),
+                    )
+                )
+        return ids
 
     def record_missed(self, name: str, scheduled_for: datetime, why: str) -> bool:
         """A scheduled run that was not run (misfire); False if already recorded."""
@@ -263,7 +352,16 @@ class Ledger:
         with self.engine.begin() as conn:
             return self._enqueue(conn, messages, run_id)
 
-    def _enqueue(self, conn: Any, messages: Sequence[Outgoing], run_id: str | None) -> list[int]:
+    def _enqueue(
+        self,
+        conn: Any,
+        messages: Sequence[Outgoing],
+        run_id: str | None,
+        *,
+        failed: str | None = None,
+    ) -> list[int]:
+        """Insert ``messages``; with ``failed``, as ``failed`` rows (clipped to fit) that
+        record why a message could not be stored as it was."""
         ids = []
         now = now_utc()
         for m in messages:
@@ -290,6 +388,11 @@ class Ledger:
                 "created_at": now,
                 "updated_at": now,
             }
+            if failed is not None:
+                row = fitted(outbox, row) | {
+                    "status": "failed",
+                    "last_error": clip(failed, ERROR_LIMIT),
+                }
             # RETURNING tells whether a row went in; inserted_primary_key would not (SQLite
             # reports the previous insert's id after ON CONFLICT DO NOTHING).
             inserted = conn.execute(_insert_ignore(conn, row).returning(outbox.c.id)).scalar()
@@ -341,7 +444,22 @@ class Ledger:
         if not names:
             return []
         now = now_utc()
+        # A row waits while an earlier row of its chat is being sent or waits for a retry:
+        # order within a chat holds through failures. Other chats are not held.
+        earlier = outbox.alias("earlier")
+        held = exists().where(
+            earlier.c.platform == outbox.c.platform,
+            earlier.c.chat_kind == outbox.c.chat_kind,
+            earlier.c.chat_id == outbox.c.chat_id,
+            earlier.c.id < outbox.c.id,
+            or_(
+                earlier.c.status == "sending",
+                and_(earlier.c.status == "pending", earlier.c.next_attempt_at > now),
+            ),
+        )
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
             rows = (
                 conn.execute(
                     select(outbox)
@@ -349,6 +467,7 @@ class Ledger:
                         outbox.c.status == "pending",
                         outbox.c.next_attempt_at <= now,
                         outbox.c.platform.in_(names),
+                        ~held,
                     )
                     .order_by(outbox.c.id)
                     .limit(limit)
@@ -377,6 +496,18 @@ class Ledger:
             for r in rows
         ]
 
+    def release(self, row_ids: Sequence[int]) -> None:
+        """Claimed rows given back unsent, because an earlier row of their chat is to be
+        retried first: ``pending`` again, and the claim's attempt does not count."""
+        if not row_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_(list(row_ids)), outbox.c.status == "sending")
+                .values(status="pending", attempts=outbox.c.attempts - 1, updated_at=now_utc())
+            )
+
     def delivered(
         self, row_id: int, platform_message_id: str | None, note: str | None = None
     ) -> None:
@@ -397,11 +528,23 @@ class Ledger:
         self._settle(row_id, status="failed", last_error=clip(error, ERROR_LIMIT))
 
     def _settle(self, row_id: int, **values: Any) -> None:
-        """The outcome of one delivery attempt."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(outbox).where(outbox.c.id == row_id).values(updated_at=now_utc(), **values)
+        """The outcome of one delivery attempt. A value the database refuses (a platform's
+        over-long message id, say) is clipped to fit rather than leave the row ``sending``
+        and its chat held."""
+        values["updated_at"] = now_utc()
+        statement = update(outbox).where(outbox.c.id == row_id)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(statement.values(values))
+            return
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            logger.warning(
+                "outbox: message {} outcome stored clipped: {}", row_id, describe_exception(exc)
             )
+        with self.engine.begin() as conn:
+            conn.execute(statement.values(fitted(outbox, values)))
 
     def next_due(self, platforms: Iterable[str]) -> datetime | None:
         """When the next pending row of these platforms is due (None: nothing pending)."""

@@ -4,7 +4,13 @@ Rows go ``pending`` -> ``sending`` -> ``delivered``, or back to ``pending`` with
 ``next_attempt_at`` after a failure, ``failed`` after ``max_attempts``, ``expired`` past
 the platform's reply window. Only platforms that are connected right now get their rows
 claimed: messages for a platform that is reconnecting or fatal wait and go out when it is
-back. Within one chat, rows go out in order; different chats go concurrently.
+back.
+
+Within one chat, rows go out in order, failures included: a row is claimed only when no
+earlier row of its chat is being sent or waits for a retry (:meth:`Ledger.claim`), and
+rows claimed behind one that fails are given back unsent. The chat's head holds the rest
+until it is delivered, ``failed`` or ``expired``; then the next goes. Each chat's rows are
+sent by a task of its own, so a chat that waits holds no other chat.
 
 Delivery is at least once: a row being sent when the process died is sent again. A reply
 keeps the ``reply_seq`` it got when enqueued, so the platform (QQ: ``msg_id`` +
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from loguru import logger
 from pydantic import Field
@@ -25,8 +31,11 @@ from hermes.errors import AlreadyDelivered, SendError
 from hermes.ledger import DB_ERRORS, Delivery, Ledger, Outage, now_utc
 from hermes.messages import OutboundMessage
 from watchdog.settings import Duration, Section
-from watchdog.tasks import describe_exception
+from watchdog.store import is_row_error
+from watchdog.tasks import TaskRegistry, describe_exception
 from watchdog.threads import DaemonWorker
+
+Outcome = Literal["delivered", "failed", "retry"]
 
 
 class OutboxSettings(Section):
@@ -57,13 +66,23 @@ class Outbox:
     """The delivery loop; :meth:`run` until cancelled, :meth:`wake` after enqueueing."""
 
     def __init__(
-        self, ledger: Ledger, db: DaemonWorker, platforms: Platforms, settings: OutboxSettings
+        self,
+        ledger: Ledger,
+        db: DaemonWorker,
+        platforms: Platforms,
+        settings: OutboxSettings,
+        tasks: TaskRegistry | None = None,
     ) -> None:
         self.ledger = ledger
         self.db = db
         self.platforms = platforms
         self.settings = settings
+        self.tasks = tasks if tasks is not None else TaskRegistry()
         self._wake = asyncio.Event()
+        self._chats = asyncio.Semaphore(settings.chats_in_parallel)
+        """Chats being sent to at once."""
+        self._senders: set[asyncio.Task[None]] = set()
+        """One task per chat whose claimed rows are being sent."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -75,22 +94,31 @@ class Outbox:
     async def run(self) -> None:
         outage = Outage("outbox")
         while True:
+            self._wake.clear()  # before the pass: a wake during it means "look again"
             try:
-                full = await self.deliver_once()
+                full = await self.dispatch_once()
             except DB_ERRORS as exc:
                 await asyncio.sleep(outage.failed(exc))
                 continue
             outage.ok()
             if full:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
             except TimeoutError:
                 pass
 
     async def deliver_once(self) -> bool:
-        """One pass: expire, claim, send. True if the batch was full (more may be due)."""
+        """One pass that waits for its sends (and any already under way): the last try at
+        stop, and tests. True if the batch was full (more may be due)."""
+        full = await self.dispatch_once()
+        if self._senders:
+            await asyncio.wait(set(self._senders))
+        return full
+
+    async def dispatch_once(self) -> bool:
+        """Expire, claim, and hand each chat's rows to a sender task of its own; returns
+        without waiting for them. True if the batch was full (more may be due)."""
         for row in await self.db.call(self.ledger.expire_due):
             logger.bind(platform=row["platform"]).warning(
                 "outbox: message {} expired undelivered (reply window passed)", row["id"]
@@ -98,22 +126,53 @@ class Outbox:
         batch = await self.db.call(
             self.ledger.claim, self.platforms.deliverable(), self.settings.batch
         )
-        if not batch:
-            return False
         chats: dict[tuple[str, str, str], list[Delivery]] = {}
         for d in batch:
             chats.setdefault((d.platform, d.chat_kind, d.chat_id), []).append(d)
-        limit = asyncio.Semaphore(self.settings.chats_in_parallel)
-
-        async def in_order(rows: list[Delivery]) -> None:
-            async with limit:
-                for d in rows:
-                    await self._send(d)
-
-        await asyncio.gather(*(in_order(rows) for rows in chats.values()))
+        for (platform, kind, chat), rows in chats.items():
+            task = self.tasks.spawn(
+                self._deliver_chat(rows),
+                name=f"outbox:{platform}:{kind}:{chat[-12:]}",
+                on_done=self._sender_done,
+            )
+            self._senders.add(task)
         return len(batch) >= self.settings.batch
 
-    async def _send(self, d: Delivery) -> None:
+    def _sender_done(self, task: asyncio.Task[Any]) -> None:
+        self._senders.discard(task)
+        # Rows behind this chat's (beyond the batch, or claimed while it sent) may go now.
+        self.wake()
+
+    async def _deliver_chat(self, rows: list[Delivery]) -> None:
+        """Send one chat's claimed rows in order; stop at the first that must be retried and
+        give the rest back unsent, so nothing overtakes it."""
+        async with self._chats:
+            for i, d in enumerate(rows):
+                if await self._send(d) == "retry":
+                    rest = [r.id for r in rows[i + 1 :]]
+                    if rest:
+                        await self._record(d.platform, self.ledger.release, rest)
+                    return
+
+    async def _record(self, platform: str, fn: Any, *args: Any) -> None:
+        """Write a delivery outcome, riding out an outage: until it is written the row stays
+        ``sending`` and holds its chat, so giving up would hold the chat until a restart."""
+        outage = Outage(f"outbox ({platform})")
+        while True:
+            try:
+                await self.db.call(fn, *args)
+            except DB_ERRORS as exc:
+                if is_row_error(exc):  # the ledger already tried the row clipped to fit
+                    logger.bind(platform=platform).error(
+                        "outbox: outcome {} not recorded: {}", args, describe_exception(exc)
+                    )
+                    return
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            outage.ok()
+            return
+
+    async def _send(self, d: Delivery) -> Outcome:
         log = logger.bind(platform=d.platform)
         adapter = self.platforms.adapter(d.platform)
         message = OutboundMessage(
@@ -125,13 +184,13 @@ class Outbox:
                 raise SendError(f"platform {d.platform} is not running")
             result: dict[str, Any] = await adapter.send(message)
         except AlreadyDelivered as exc:
-            await self.db.call(
-                self.ledger.delivered, d.id, None, f"the platform already had it: {exc}"
+            await self._record(
+                d.platform, self.ledger.delivered, d.id, None, f"the platform already had it: {exc}"
             )
             log.info(
                 "outbox: message {} was already delivered (a retry the platform recognised)", d.id
             )
-            return
+            return "delivered"
         except SendError as exc:
             error = describe_exception(exc)
         except Exception as exc:  # a bug in the adapter must not stop the outbox
@@ -141,20 +200,21 @@ class Outbox:
             error = describe_exception(exc)
         else:
             pid = result.get("id") if isinstance(result, dict) else None
-            await self.db.call(self.ledger.delivered, d.id, str(pid) if pid is not None else None)
-            return
+            platform_id = str(pid) if pid is not None else None
+            await self._record(d.platform, self.ledger.delivered, d.id, platform_id)
+            return "delivered"
         if d.attempts >= self.settings.max_attempts:
             log.error("outbox: message {} failed after {} attempts: {}", d.id, d.attempts, error)
-            await self.db.call(self.ledger.failed, d.id, error)
-            return
+            await self._record(d.platform, self.ledger.failed, d.id, error)
+            return "failed"
         delay = self.backoff(d.attempts)
         log.warning(
-            "outbox: message {} attempt {} failed ({}); retry in {:.0f} s",
+            "outbox: message {} attempt {} failed ({}); retry in {:.0f} s, its chat waits",
             d.id,
             d.attempts,
             error,
             delay,
         )
-        await self.db.call(
-            self.ledger.retry_later, d.id, error, now_utc() + timedelta(seconds=delay)
-        )
+        at = now_utc() + timedelta(seconds=delay)
+        await self._record(d.platform, self.ledger.retry_later, d.id, error, at)
+        return "retry"

@@ -233,7 +233,7 @@ class Gateway:
                 interrupted,
                 recovered,
             )
-        self.outbox = Outbox(self.ledger, self.db, self, cfg.outbox)
+        self.outbox = Outbox(self.ledger, self.db, self, cfg.outbox, self.tasks)
         self.runner = JobRunner(
             self.ledger,
             self.db,

@@ -37,6 +37,7 @@ from hermes.ledger import DB_ERRORS, Ledger, Outage, Outgoing, now_utc
 from hermes.messages import InboundMessage
 from hermes.outbox import Outbox, OutboxSettings, Platforms
 from watchdog.settings import Duration, Section
+from watchdog.store import is_row_error
 from watchdog.tasks import TaskRegistry, cancel_and_wait, describe_exception
 from watchdog.threads import DaemonWorker
 
@@ -213,12 +214,8 @@ class JobRunner:
             for run_id, name in requests:
                 job = self.jobs.get(name)
                 if job is None:
-                    await self.db.call(
-                        self.ledger.finish_run,
-                        run_id,
-                        "error",
-                        error=f"no job named {name!r} is configured",
-                    )
+                    why = f"no job named {name!r} is configured"
+                    await self._finish(run_id, Result("error", error=why), [])
                     continue
                 self._spawn(self._job_run(job, run_id, "manual", None), f"run:{name}:manual")
             await asyncio.sleep(self.settings.request_poll)
@@ -312,12 +309,16 @@ class JobRunner:
             return Result("error", error=describe_exception(exc))
         return Result("ok", reply=reply, output=reply)
 
-    async def _finish(
-        self, run_id: str, result: Result, messages: list[Outgoing], attempts: int = 6
-    ) -> None:
-        """Record the end of a run and enqueue what it produced; rides out a short outage."""
+    async def _finish(self, run_id: str, result: Result, messages: list[Outgoing]) -> None:
+        """Record the end of a run and enqueue what it produced.
+
+        An outage is waited out for as long as it lasts: the run and its messages are held
+        here until the store takes them (a stop meanwhile leaves the run to be closed as
+        interrupted at the next start). A row the database refuses is no outage: the ledger
+        writes the rest and ends the run ``error`` saying what was refused.
+        """
         outage = Outage(f"run {run_id[:8]}")
-        for attempt in range(1, attempts + 1):
+        while True:
             try:
                 await self.db.call(
                     self.ledger.finish_run,
@@ -328,13 +329,14 @@ class JobRunner:
                     messages=messages,
                 )
                 break
-            except DB_ERRORS as exc:
-                if attempt == attempts:
+            except Exception as exc:
+                if not isinstance(exc, DB_ERRORS) and not is_row_error(exc):
+                    raise
+                if is_row_error(exc):  # even the ledger's last resort was refused
                     logger.error(
-                        "run {} ended {} but could not be recorded; {} messages lost: {}",
+                        "run {} ended {} but the store refused to record it: {}",
                         run_id,
                         result.status,
-                        len(messages),
                         describe_exception(exc),
                     )
                     return

@@ -7,6 +7,7 @@ they match what the migrations create.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,25 +50,68 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+REPLACEMENT = "\ufffd"
+"""What a character no backend can store becomes: U+FFFD, Unicode's own mark for "a character
+was here and could not be kept", so the loss shows where it happened."""
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` as every backend stores it: NUL (PostgreSQL text cannot hold it) and lone
+    surrogates (not UTF-8, so neither SQLite nor PostgreSQL can encode them) become U+FFFD."""
+    return _UNSTORABLE.sub(REPLACEMENT, text)
+
+
+class StoredString(TypeDecorator[str]):
+    """``VARCHAR(n)`` whose values go through :func:`storable`: one boundary for every
+    string the gateway writes (or compares with), the same on SQLite and PostgreSQL."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return storable(value) if isinstance(value, str) else value
+
+
+class StoredText(StoredString):
+    """``TEXT`` whose values go through :func:`storable`."""
+
+    impl = Text
+    cache_ok = True
+
+
+def fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every string clipped to its column's length: the second try of a row the
+    database refused (PostgreSQL enforces ``VARCHAR(n)``, SQLite does not)."""
+    out = dict(row)
+    for name, value in row.items():
+        column = table.c.get(name)
+        length = getattr(column.type, "length", None) if column is not None else None
+        if isinstance(value, str) and isinstance(length, int) and len(value) > length:
+            out[name] = value[: length - 1] + "…"
+    return out
+
+
 metadata = MetaData()
 
 gateway_instances = Table(
     "gateway_instances",
     metadata,
-    Column("id", String(36), primary_key=True),
-    Column("host", String(255), nullable=False),
+    Column("id", StoredString(36), primary_key=True),
+    Column("host", StoredString(255), nullable=False),
     Column("pid", Integer, nullable=False),
-    Column("version", String(64), nullable=False),
+    Column("version", StoredString(64), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("last_tick_at", UTCDateTime),
     Column("tick_interval", Float, nullable=False),
     Column("pinging", Boolean, nullable=False),
-    Column("status_text", Text),
+    Column("status_text", StoredText),
     Column("stopped_at", UTCDateTime),
     Column("exit_code", Integer),
-    Column("exit_reason", Text),
+    Column("exit_reason", StoredText),
     Column("store_failures", Integer, nullable=False),
-    Column("store_last_error", Text),
+    Column("store_last_error", StoredText),
     Column("store_last_error_at", UTCDateTime),
     Index("ix_gateway_instances_started_at", "started_at"),
 )
@@ -75,20 +119,20 @@ gateway_instances = Table(
 platform_state = Table(
     "platform_state",
     metadata,
-    Column("platform", String(128), primary_key=True),
-    Column("adapter", String(128), nullable=False),
+    Column("platform", StoredString(128), primary_key=True),
+    Column("adapter", StoredString(128), nullable=False),
     Column("required", Boolean, nullable=False),
-    Column("declared_state", String(16), nullable=False),
+    Column("declared_state", StoredString(16), nullable=False),
     Column("declared_since", UTCDateTime, nullable=False),
-    Column("health", String(16), nullable=False),
+    Column("health", StoredString(16), nullable=False),
     Column("health_since", UTCDateTime, nullable=False),
     Column("last_heartbeat_at", UTCDateTime),
     Column("heartbeat_ttl", Float, nullable=False),
     Column("restarts", Integer, nullable=False),
-    Column("reason_code", String(64)),
-    Column("reason_message", Text),
+    Column("reason_code", StoredString(64)),
+    Column("reason_message", StoredText),
     Column("retryable", Boolean),
-    Column("instance_id", String(36), nullable=False),
+    Column("instance_id", StoredString(36), nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -99,14 +143,14 @@ platform_transitions = Table(
         "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     ),
     Column("at", UTCDateTime, nullable=False),
-    Column("instance_id", String(36), nullable=False),
-    Column("platform", String(128), nullable=False),
-    Column("from_state", String(16)),
-    Column("to_state", String(16)),
-    Column("from_health", String(16)),
-    Column("to_health", String(16)),
-    Column("reason_code", String(64)),
-    Column("reason_message", Text),
+    Column("instance_id", StoredString(36), nullable=False),
+    Column("platform", StoredString(128), nullable=False),
+    Column("from_state", StoredString(16)),
+    Column("to_state", StoredString(16)),
+    Column("from_health", StoredString(16)),
+    Column("to_health", StoredString(16)),
+    Column("reason_code", StoredString(64)),
+    Column("reason_message", StoredText),
     Index("ix_platform_transitions_platform_at", "platform", "at"),
     Index("ix_platform_transitions_at", "at"),
 )
@@ -116,21 +160,21 @@ platform_transitions = Table(
 job_runs = Table(
     "job_runs",
     metadata,
-    Column("id", String(36), primary_key=True),
-    Column("kind", String(16), nullable=False),  # route (message handler) or job (scheduled)
-    Column("name", String(128), nullable=False),
-    Column("trigger", String(16), nullable=False),  # message, schedule or manual
-    Column("platform", String(128)),
-    Column("message_id", String(255)),
+    Column("id", StoredString(36), primary_key=True),
+    Column("kind", StoredString(16), nullable=False),  # route (message handler) or job (scheduled)
+    Column("name", StoredString(128), nullable=False),
+    Column("trigger", StoredString(16), nullable=False),  # message, schedule or manual
+    Column("platform", StoredString(128)),
+    Column("message_id", StoredString(255)),
     Column("scheduled_for", UTCDateTime),
     Column("requested_at", UTCDateTime),
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
     # requested, running, ok, error, timeout, cancelled, missed
-    Column("status", String(16), nullable=False),
-    Column("error", Text),
-    Column("output", Text),
-    Column("instance_id", String(36)),
+    Column("status", StoredString(16), nullable=False),
+    Column("error", StoredText),
+    Column("output", StoredText),
+    Column("instance_id", StoredString(36)),
     Index("ix_job_runs_name_started", "name", "started_at"),
     Index("ix_job_runs_name_finished", "name", "finished_at"),
     Index("ix_job_runs_status", "status"),
@@ -144,22 +188,24 @@ outbox = Table(
     Column(
         "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     ),
-    Column("idempotency_key", String(255), nullable=False, unique=True),
-    Column("platform", String(128), nullable=False),
-    Column("chat_kind", String(32), nullable=False),
-    Column("chat_id", String(255), nullable=False),
-    Column("text", Text, nullable=False),
-    Column("reply_to", String(255)),
+    Column("idempotency_key", StoredString(255), nullable=False, unique=True),
+    Column("platform", StoredString(128), nullable=False),
+    Column("chat_kind", StoredString(32), nullable=False),
+    Column("chat_id", StoredString(255), nullable=False),
+    Column("text", StoredText, nullable=False),
+    Column("reply_to", StoredString(255)),
     # Position among the replies to reply_to (QQ: msg_seq), fixed at enqueue, so that the
     # platform recognises a retry as the same message.
     Column("reply_seq", Integer),
     Column("expires_at", UTCDateTime),
-    Column("status", String(16), nullable=False),  # pending, sending, delivered, failed, expired
+    Column(
+        "status", StoredString(16), nullable=False
+    ),  # pending, sending, delivered, failed, expired
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", UTCDateTime, nullable=False),
-    Column("last_error", Text),
-    Column("run_id", String(36)),
-    Column("platform_message_id", String(255)),
+    Column("last_error", StoredText),
+    Column("run_id", StoredString(36)),
+    Column("platform_message_id", StoredString(255)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("delivered_at", UTCDateTime),

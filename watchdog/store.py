@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
+    Table,
     case,
     create_engine,
     delete,
@@ -31,10 +32,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    SQLAlchemyError,
+    StatementError,
+)
 
 from watchdog.exceptions import StoreError, StoreNotFound
 from watchdog.schema import (
+    fitted,
     gateway_instances,
     job_runs,
     outbox,
@@ -296,6 +305,71 @@ class StateStore:
                     .values(batch.instance)
                 )
 
+    def write_each(self, batch: Batch, instance_id: str) -> list[str]:
+        """Write ``batch`` piece by piece, each in a transaction of its own: after a row error
+        (:func:`is_row_error`) sank it whole, one bad row must not sink its neighbours.
+
+        A piece the database refuses is tried once more clipped to fit its columns, then
+        left out. Written and left-out pieces leave ``batch``, so that after an outage
+        midway (raised) a retry of what remains writes nothing twice. Returns a description
+        of each piece left out.
+        """
+        refused: list[str] = []
+
+        def each(what: str, table: Table, row: dict[str, Any], write: Any) -> None:
+            try:
+                with self._writing() as conn:
+                    write(conn, row)
+                return
+            except StoreError as exc:
+                if not is_row_error(exc):
+                    raise
+                error = str(exc)
+            try:
+                with self._writing() as conn:
+                    write(conn, fitted(table, row))
+            except StoreError as exc:
+                if not is_row_error(exc):
+                    raise
+                refused.append(f"{what}: {error}")
+
+        if batch.removed:
+            with self._writing() as conn:
+                conn.execute(
+                    delete(platform_state).where(platform_state.c.platform.in_(batch.removed))
+                )
+            batch.removed.clear()
+        for name in list(batch.rows):
+            each(
+                f"platform_state row of {name}",
+                platform_state,
+                batch.rows[name],
+                lambda conn, row: self._upsert(conn, [row]),
+            )
+            del batch.rows[name]
+        while batch.transitions:
+            first = batch.transitions[0]
+            each(
+                f"transition of {first.get('platform')} at {first.get('at')}",
+                platform_transitions,
+                first,
+                lambda conn, row: conn.execute(insert(platform_transitions), [row]),
+            )
+            del batch.transitions[0]
+        if batch.instance:
+            each(
+                "gateway_instances row",
+                gateway_instances,
+                batch.instance,
+                lambda conn, row: conn.execute(
+                    update(gateway_instances)
+                    .where(gateway_instances.c.id == instance_id)
+                    .values(row)
+                ),
+            )
+            batch.instance.clear()
+        return refused
+
     def _upsert(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
@@ -489,6 +563,30 @@ def _read_only_uri(path: Path) -> tuple[str, tuple[int, int] | None]:
     if wal_mode or wal >= 0 or shm >= 0:
         return f"{uri}&immutable=1", quiet
     return uri, None
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """True if ``exc`` says that the data of a row is bad, not that the database is unavailable.
+
+    Such an error comes back however often the write is tried: it belongs to the row (record
+    the row as failed, write its neighbours), never to an outage (wait and retry). Rows are
+    data errors (a value out of range or too long for its column), integrity errors (a
+    constraint), and errors raised while binding values, before the database saw anything.
+    Anything else from the database, an ``OperationalError`` above all, is an outage. Looks
+    through wrappers such as :class:`StoreError` (``raise ... from``).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (DataError, IntegrityError)):
+            return True
+        if isinstance(current, StatementError) and not isinstance(current, DBAPIError):
+            return True  # a bind processor refused the value (naive datetime, bad type, ...)
+        if isinstance(current, (UnicodeError, TypeError)):
+            return True  # the driver could not encode the value
+        current = current.__cause__
+    return False
 
 
 def _short(exc: BaseException) -> str:

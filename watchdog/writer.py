@@ -7,6 +7,11 @@ the database fails, batches merge (latest row per platform, every transition in
 order, bounded) and are retried with backoff. Its condition is reported through
 :meth:`StoreWriter.status` (``STATUS=`` and logs) and, once writes succeed again,
 in the instance row.
+
+A write that fails because of a row's data (:func:`~watchdog.store.is_row_error`) is no
+outage and is not retried as one: the batch is written row by row, a refused row is
+left out, and that is counted in the instance row (``store_failures``,
+``store_last_error``) where ``status`` shows it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from datetime import UTC, datetime
 
 from loguru import logger
 
-from watchdog.store import Batch, StateStore
+from watchdog.store import Batch, StateStore, is_row_error
 from watchdog.tasks import describe_exception
 
 
@@ -179,6 +184,26 @@ class StoreWriter:
 
     # -- the thread
 
+    def _write(self, batch: Batch) -> None:
+        try:
+            self.store.write(batch, self.instance_id)
+            return
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            logger.warning(
+                "state store refused a row ({}); writing the batch row by row",
+                describe_exception(exc),
+            )
+        refused = self.store.write_each(batch, self.instance_id)  # an outage here raises
+        if refused:
+            with self._cond:
+                self._failures += len(refused)
+                self._last_error_at = datetime.now(UTC)
+                self._last_error = f"refused and left out: {refused[-1]}"
+            for what in refused:
+                logger.error("state store refused and left out {}", what)
+
     def _take(self) -> Batch | None:
         """Detach the pending batch (caller holds the lock; the tick may refill it meanwhile)."""
         batch, self._pending = self._pending, None
@@ -208,7 +233,7 @@ class StoreWriter:
                         store_last_error_at=self._last_error_at,
                     )
             try:
-                self.store.write(batch, self.instance_id)
+                self._write(batch)
             except Exception as exc:
                 error = describe_exception(exc)
                 with self._cond:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from hermes.adapters.qqbot import adapter as qq_adapter
-from hermes.adapters.qqbot.simulator import QQSimulator
+from hermes.adapters.qqbot.simulator import Fault, QQSimulator
 from hermes.config import load_config
 from hermes.ledger import Ledger
 from hermes.runner import Gateway
@@ -602,3 +602,140 @@ async def test_reload_adds_changes_and_removes_jobs_in_the_job_store(tmp_path, n
     assert set(after) == {"keep", "change", "new"}
     assert after["keep"] == before["keep"]
     assert (after["change"].hour, after["change"].minute) == (10, 30)
+
+
+# -- order within a chat, through failures
+
+
+class PerChatFailures(QQSimulator):
+    """The simulator, with the message endpoint failing for chosen chats only (a chat that
+    is rate limited, code 22009, while the others are not)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.failing: dict[str, Fault] = {}
+        """Chat id -> the answer every message to it gets, while it is here."""
+
+    def _message(
+        self, path: str, headers: dict[str, str], raw: bytes, fault: Fault | None
+    ) -> tuple[int, Any, bool]:
+        target = path.strip("/").split("/")[-2]
+        return super()._message(path, headers, raw, fault or self.failing.get(target))
+
+
+RATE_LIMITED = Fault(429, {"message": "msg limit exceed", "code": 22009, "err_code": 22009})
+
+
+def order_config(directory: Path, sim: QQSimulator) -> Path:
+    """Echo replies; one send attempt per outbox attempt, quick retries, and an outbox batch
+    (3) smaller than the replies queued per chat, so that several batches hold one chat."""
+    return write_config(
+        directory,
+        {"qq": qq(sim, send_attempts=1)},
+        tick=TICK,
+        routes=[{"name": "echo", "handler": "echo"}],
+        extra=(
+            "[outbox]\nbatch = 3\nretry_backoff = 0.05\nretry_backoff_max = 0.2\n"
+            "max_attempts = 1000\npoll_interval = 0.05\n"
+        ),
+    )
+
+
+def delivered_by_chat(sim: QQSimulator) -> dict[str, list[str]]:
+    """What each chat was shown, in the order the platform accepted it."""
+    chats: dict[str, list[str]] = {}
+    for m in sim.sent:
+        if m.status == 200:
+            chats.setdefault(m.target, []).append(str(m.body["content"]))
+    return chats
+
+
+def enqueued_by_chat(config: Path) -> dict[str, list[str]]:
+    chats: dict[str, list[str]] = {}
+    for row in outbox(config):  # in id order: the order the replies were enqueued
+        chats.setdefault(row["chat_id"], []).append(row["text"])
+    return chats
+
+
+async def test_replies_keep_their_order_within_each_chat_through_500s_and_rate_limits(
+    tmp_path, sim, notify_path
+):
+    config = order_config(tmp_path, sim)
+    chats, per_chat = ["G1", "G2", "G3"], 8
+    async with serving(config, notify_path):
+        await sim.wait_ready(t(5))
+        # The message endpoint fails for a while: 500s, then 429 with code 22009.
+        sim.fail_next("message", 12, status=500)
+        sim.rate_limit(12, http_429=True)
+        for i in range(per_chat):
+            for chat in chats:
+                await sim.send_message("group", f"{chat} #{i}", chat=chat)
+        await sim.wait_until(
+            lambda: sum(map(len, delivered_by_chat(sim).values())) == len(chats) * per_chat,
+            t(20),
+            "every reply delivered",
+        )
+    assert sum(m.status != 200 for m in sim.sent) == 24  # the failures did happen
+    enqueued = enqueued_by_chat(config)
+    assert delivered_by_chat(sim) == enqueued
+    assert all(len(enqueued[chat]) == per_chat for chat in chats)
+    assert {r["status"] for r in outbox(config)} == {"delivered"}
+
+
+async def test_a_chat_waiting_for_a_retry_holds_its_own_replies_and_no_other_chat(
+    tmp_path, notify_path, monkeypatch
+):
+    sim = PerChatFailures(heartbeat_interval=0.2)
+    async with sim:
+        monkeypatch.setenv("QQ_SECRET", sim.client_secret)
+        config = order_config(tmp_path, sim)
+        async with serving(config, notify_path):
+            await sim.wait_ready(t(5))
+            sim.failing["G1"] = RATE_LIMITED
+            for i in range(8):
+                await sim.send_message("group", f"G1 #{i}", chat="G1")
+            await sim.wait_until(
+                lambda: sum(m.target == "G1" for m in sim.sent) >= 3,
+                t(10),
+                "G1's head retried",
+            )
+            # G1 waits; G2 is not held by it.
+            for i in range(8):
+                await sim.send_message("group", f"G2 #{i}", chat="G2")
+            await sim.wait_until(
+                lambda: len(delivered_by_chat(sim).get("G2", [])) == 8, t(10), "G2 delivered"
+            )
+            assert "G1" not in delivered_by_chat(sim)
+            # Nothing behind G1's head was even tried: every attempt so far was the head.
+            assert {m.body["content"] for m in sim.sent if m.target == "G1"} == {
+                enqueued_by_chat(config)["G1"][0]
+            }
+            del sim.failing["G1"]
+            await sim.wait_until(
+                lambda: len(delivered_by_chat(sim).get("G1", [])) == 8, t(10), "G1 delivered"
+            )
+    assert delivered_by_chat(sim) == enqueued_by_chat(config)
+
+
+# -- text no backend can store
+
+
+async def test_a_message_with_a_nul_byte_gets_its_run_finished_and_its_reply_on_every_backend(
+    tmp_path, sim, notify_path, store_url
+):
+    config = write_config(
+        tmp_path,
+        {"qq": qq(sim)},
+        tick=TICK,
+        store={"url": store_url},
+        routes=[{"name": "echo", "handler": "echo"}],
+    )
+    async with serving(config, notify_path):
+        await sim.wait_ready(t(5))
+        mid = await sim.send_message("group", "a\x00b", chat="G1")
+        await sim.wait_until(lambda: sim.replies_to(mid), t(10), "the reply")
+    assert reply_text(sim, mid) == "a\ufffdb"  # NUL is stored, and so sent, as U+FFFD
+    (run,) = runs(config)
+    assert (run["status"], run["output"], run["error"]) == ("ok", "a\ufffdb", None)
+    (row,) = outbox(config)
+    assert (row["status"], row["text"]) == ("delivered", "a\ufffdb")

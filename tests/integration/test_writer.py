@@ -177,3 +177,65 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
         done.wait(step)
         waited += step
     return True
+
+
+def test_a_row_the_database_refuses_is_left_out_and_counted_and_its_neighbours_written(real):
+    writer = StoreWriter(real, "i-1", retry_initial=0.01)
+    writer.start()
+    try:
+        bad = transition(1) | {"platform": None}  # NOT NULL: refused on every backend
+        writer.submit(Batch(transitions=[transition(0), bad, transition(2)]))
+        assert writer.flush(t(10))
+        assert writer.status().state == "ok"  # not taken for an outage, not retried
+        writer.submit(Batch(transitions=[transition(3)]))  # carries the count to the instance row
+        assert writer.flush(t(10))
+    finally:
+        writer.stop(t(5))
+    assert [r["reason_message"] for r in real.transitions(limit=None)] == ["#0", "#2", "#3"]
+    inst = real.latest_instance()
+    assert inst is not None
+    assert inst["store_failures"] == 1
+    assert inst["store_last_error"].startswith("refused and left out: transition of None")
+    assert "not null" in inst["store_last_error"].lower().replace("-", " ")
+
+
+def test_a_value_too_long_for_postgresql_is_written_clipped_with_its_neighbours(pg_url):
+    store = StateStore(pg_url)
+    store.migrate()
+    writer = StoreWriter(store, "i-1", retry_initial=0.01)
+    writer.start()
+    try:
+        long_code = transition(1) | {"reason_code": "x" * 100}  # VARCHAR(64): DataError
+        writer.submit(Batch(transitions=[transition(0), long_code, transition(2)]))
+        assert writer.flush(t(10))
+        assert writer.status().state == "ok"
+    finally:
+        writer.stop(t(5))
+        rows = store.transitions(limit=None)
+        store.close()
+    assert [r["reason_message"] for r in rows] == ["#0", "#1", "#2"]
+    assert rows[1]["reason_code"] == "x" * 63 + "…"
+
+
+def test_a_locked_database_is_still_an_outage_and_the_batch_is_written_whole_later(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "hermes.db"
+    store = StateStore(f"sqlite:///{path}", timeout=0.1)
+    store.migrate()
+    holder = sqlite3.connect(path, isolation_level=None)
+    writer = StoreWriter(store, "i-1", retry_initial=0.01, retry_max=0.05)
+    writer.start()
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        writer.submit(Batch(transitions=[transition(0), transition(1)]))
+        assert wait_until(lambda: writer.status().state == "failing")
+        assert "database is locked" in (writer.status().last_error or "")
+        holder.execute("ROLLBACK")
+        assert writer.flush(t(10))
+        assert writer.status().state == "ok"
+    finally:
+        writer.stop(t(5))
+        holder.close()
+    assert [r["reason_message"] for r in store.transitions(limit=None)] == ["#0", "#1"]
+    store.close()
