@@ -284,7 +284,7 @@ def test_reconnect_and_invalid_session_requests():
         (4900, Next.IDENTIFY, Wait.BACKOFF, True, False),
         (4905, Next.IDENTIFY, Wait.BACKOFF, True, False),
         (4913, Next.IDENTIFY, Wait.BACKOFF, True, False),
-        (4004, Next.IDENTIFY, Wait.BACKOFF, True, True),
+        (4004, Next.RESUME, Wait.BACKOFF, False, True),  # the token failed, not the session
         (None, Next.RESUME, Wait.BACKOFF, False, False),
         (1000, Next.RESUME, Wait.BACKOFF, False, False),
         (1006, Next.RESUME, Wait.BACKOFF, False, False),

@@ -276,7 +276,7 @@ class QQBotAdapter(Adapter):
         except QQApiError as exc:
             if exc.status == 401:  # refused although freshly fetched: counts like a 4004
                 return Outcome(
-                    Plan(Next.IDENTIFY, Wait.BACKOFF, refresh_token=True), False, None, str(exc)
+                    Plan(Next.RESUME, Wait.BACKOFF, refresh_token=True), False, None, str(exc)
                 )
             return Outcome(retry, False, None, str(exc))
         except QQTokenUnavailable as exc:

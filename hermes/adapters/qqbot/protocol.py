@@ -387,8 +387,10 @@ def plan_after_close(code: int | None) -> Plan:
     if code in (4006, 4007) or (code is not None and 4900 <= code <= 4913):
         # 4006 invalid session, 4007 invalid seq, 49xx internal errors: start a new session.
         return Plan(Next.IDENTIFY, Wait.BACKOFF)
-    if code == 4004:  # authentication failed: the token is bad or expired
-        return Plan(Next.IDENTIFY, Wait.BACKOFF, refresh_token=True)
+    if code == 4004:
+        # Authentication failed: the token is bad or expired, not the session. Resume with a
+        # fresh token, so the events the server holds for the session are not dropped.
+        return Plan(Next.RESUME, Wait.BACKOFF, refresh_token=True)
     # No close frame (a dropped connection), 1000/1001 from the server, or a code we do not
     # know: keep the session and try to resume.
     return Plan(Next.RESUME, Wait.BACKOFF)
