@@ -7,8 +7,10 @@
           ├── SendError                 an outgoing message was not delivered
           │    ├── AlreadyDelivered     ... because the platform already has it (a retry)
           │    ├── RateLimited          still rate limited after the retries
+          │    ├── MessageRejected      refused for good: retrying cannot help
           │    └── QQApiError         the QQ open platform answered with an error
-          │         └── QQRateLimited    (RateLimited too)
+          │         ├── QQRateLimited    (RateLimited too)
+          │         └── QQMessageRejected (MessageRejected too)
           ├── QQAuthError               the token endpoint refused the credentials (not retryable)
           ├── QQTokenUnavailable        the token endpoint failed or timed out (retryable)
           └── QQProtocolError           a frame from the gateway broke the protocol
@@ -42,6 +44,12 @@ class RateLimited(SendError):
     """The platform kept rate limiting after the retries."""
 
 
+class MessageRejected(SendError):
+    """The platform refused this message for good (a bad target or ``msg_id``, a reply
+    window passed, no permission, a daily quota): retrying cannot help. For the outbox this
+    means ``failed`` at once, so the message does not hold its chat through every retry."""
+
+
 class QQApiError(SendError):
     """An error answer from the QQ open platform's REST API."""
 
@@ -53,6 +61,8 @@ class QQApiError(SendError):
         code: int | None = None,
         trace_id: str | None = None,
     ) -> None:
+        self.summary = message
+        """The message without the status, code and trace."""
         self.status = status
         self.code = code
         self.trace_id = trace_id
@@ -63,6 +73,11 @@ class QQApiError(SendError):
 
 class QQRateLimited(QQApiError, RateLimited):
     """The QQ API still rate limited the call after the retries."""
+
+
+class QQMessageRejected(QQApiError, MessageRejected):
+    """The QQ API refused a message with a client error (HTTP 4xx other than 401 and 429,
+    not a frequency limit)."""
 
 
 class QQAuthError(AdapterError):

@@ -27,7 +27,7 @@ from loguru import logger
 from pydantic import Field
 
 from hermes.adapters.base import Adapter
-from hermes.errors import AlreadyDelivered, SendError
+from hermes.errors import AlreadyDelivered, MessageRejected, SendError
 from hermes.ledger import DB_ERRORS, Delivery, Ledger, Outage, now_utc
 from hermes.messages import OutboundMessage
 from watchdog.settings import Duration, Section
@@ -191,6 +191,12 @@ class Outbox:
                 "outbox: message {} was already delivered (a retry the platform recognised)", d.id
             )
             return "delivered"
+        except MessageRejected as exc:
+            # Refused for good: retrying would only hold the chat's later messages back.
+            error = describe_exception(exc)
+            log.error("outbox: message {} refused by the platform: {}", d.id, error)
+            await self._record(d.platform, self.ledger.failed, d.id, error)
+            return "failed"
         except SendError as exc:
             error = describe_exception(exc)
         except Exception as exc:  # a bug in the adapter must not stop the outbox

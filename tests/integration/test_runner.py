@@ -739,3 +739,25 @@ async def test_a_message_with_a_nul_byte_gets_its_run_finished_and_its_reply_on_
     assert (run["status"], run["output"], run["error"]) == ("ok", "a\ufffdb", None)
     (row,) = outbox(config)
     assert (row["status"], row["text"]) == ("delivered", "a\ufffdb")
+
+
+async def test_a_message_the_platform_refuses_for_good_fails_at_once_and_frees_its_chat(
+    tmp_path, sim, notify_path
+):
+    config = order_config(tmp_path, sim)
+    invalid = {"message": "msg_id is invalid", "code": 40034004, "err_code": 40034004}
+    async with serving(config, notify_path):
+        await sim.wait_ready(t(5))
+        sim.fail_next("message", 1, status=400, body=invalid)
+        for i in range(4):
+            await sim.send_message("group", f"G1 #{i}", chat="G1")
+        await sim.wait_until(
+            lambda: len(delivered_by_chat(sim).get("G1", [])) == 3, t(10), "the rest delivered"
+        )
+    head, *rest = outbox(config)
+    # One attempt, not max_attempts (1000 here): a client error is not retried.
+    assert (head["status"], head["attempts"]) == ("failed", 1)
+    assert "msg_id is invalid" in head["last_error"]
+    assert "40034004" in head["last_error"]
+    assert [r["status"] for r in rest] == ["delivered"] * 3
+    assert sum(m.target == "G1" for m in sim.sent) == 4

@@ -21,6 +21,7 @@ from hermes.errors import (
     AlreadyDelivered,
     QQApiError,
     QQAuthError,
+    QQMessageRejected,
     QQRateLimited,
     QQTokenUnavailable,
 )
@@ -115,12 +116,14 @@ class QQApi:
         """Send a message; a reply gets the next ``msg_seq`` for its ``msg_id``."""
         route = ROUTES.get(out.chat_kind)
         if route is None:
-            raise QQApiError(f"cannot send to chat kind {out.chat_kind!r}", status=0)
+            raise QQMessageRejected(f"cannot send to chat kind {out.chat_kind!r}", status=0)
         seq = None
         if out.reply_to and out.chat_kind in V2_KINDS:
             seq = out.reply_seq if out.reply_seq is not None else self.msg_seq.next(out.reply_to)
         try:
-            data = await self.request("POST", route.format(id=out.chat_id), message_body(out, seq))
+            data = await self.request(
+                "POST", route.format(id=out.chat_id), message_body(out, seq), rejected=True
+            )
         except QQApiError as exc:
             if exc.code == DUPLICATE_REPLY and out.reply_seq is not None:
                 raise AlreadyDelivered(
@@ -129,7 +132,14 @@ class QQApi:
             raise
         return data if isinstance(data, dict) else {}
 
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, rejected: bool = False
+    ) -> Any:
+        """One API call, retried for transport errors, server errors and rate limits.
+
+        ``rejected``: a client error (4xx other than 401 and rate limits) about what was
+        sent raises :class:`QQMessageRejected`, which no retry can fix.
+        """
         delay = self.retry_initial
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -158,6 +168,13 @@ class QQApi:
                     error.status == 429 or error.code in RATE_LIMIT_CODES or error.status >= 500
                 )
                 if not transient:
+                    if rejected and 400 <= error.status < 500 and error.status != 401:
+                        raise QQMessageRejected(
+                            error.summary,
+                            status=error.status,
+                            code=error.code,
+                            trace_id=error.trace_id,
+                        ) from error
                     raise error
                 if attempt == self.max_attempts:
                     if error.status >= 500:
