@@ -42,7 +42,7 @@ async def to_ready(directory: Path) -> float:
 def import_profile() -> list[tuple[str, float]]:
     """Cumulative import time of the heaviest top-level packages of `hermes run`."""
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import hermes.runner, hermes.cli"],
+        [sys.executable, "-X", "importtime", "-c", "import hermes.gateway, hermes.cli"],
         capture_output=True, text=True, env=child_env(), check=True,
     )  # fmt: skip
     totals: dict[str, float] = {}

@@ -153,7 +153,7 @@ def bench_db_write(url: str, n: int, repeats: int) -> dict[str, list[float]]:
 async def ping_gaps_with_stalled_db(seconds: float) -> tuple[list[float], list[float]]:
     """Ping intervals of a real gateway (tick 0.2 s) before and while its PostgreSQL is stalled."""
     from hermes.config import load_config
-    from hermes.runner import Gateway
+    from hermes.gateway import Gateway
     from tests.support.configs import write_config
     from tests.support.notify import NotifyListener
     from tests.support.tcpproxy import TcpProxy

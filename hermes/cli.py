@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the URLs and credentials as JSON here once listening",
     )
-    from hermes import jobs_cli
+    from hermes.jobrunner import cli as jobs_cli
 
     jobs_cli.add_parser(sub, [common])
     sub.add_parser("check", parents=[common], help="validate a configuration file; exit 0 or 78")
@@ -259,7 +259,7 @@ def cmd_run(path: str) -> int:
     # `systemctl kill -s USR1 hermes-gateway` dumps them on demand.
     faulthandler.enable(all_threads=True)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    from hermes.runner import Gateway, run_gateway
+    from hermes.gateway import Gateway, run_gateway
 
     try:
         return run_gateway(Gateway(config))
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         return cmd_simulate_qqbot(args)
     if args.command == "jobs":
-        from hermes import jobs_cli
+        from hermes.jobrunner import cli as jobs_cli
 
         loaded = _load(_config_path(config))
         if loaded is None:

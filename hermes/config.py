@@ -17,10 +17,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from hermes.adapters import Adapter, AdapterSettings, resolve_adapter
-from hermes.handlers import RouteSettings, parse_target
-from hermes.jobs import JobSettings
-from hermes.outbox import OutboxSettings
-from hermes.runs import RunnerSettings
+from hermes.jobrunner.handlers import RouteSettings, parse_target
+from hermes.jobrunner.outbox import OutboxSettings
+from hermes.jobrunner.runs import RunnerSettings
+from hermes.jobrunner.schedule import JobSettings
 from watchdog.clipping import clip_message, quote
 from watchdog.exceptions import ConfigError
 from watchdog.settings import (

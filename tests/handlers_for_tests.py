@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from hermes.handlers import JobContext
+from hermes.jobrunner.handlers import JobContext
 from hermes.messages import InboundMessage
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from hermes.ledger import Ledger, Outgoing
+from hermes.jobrunner.ledger import Ledger, Outgoing
 from watchdog.schema import outbox
 from watchdog.store import StateStore
 

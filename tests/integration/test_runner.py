@@ -24,8 +24,8 @@ import pytest
 from hermes.adapters.qqbot import adapter as qq_adapter
 from hermes.adapters.qqbot.simulator import Fault, QQSimulator
 from hermes.config import load_config
-from hermes.ledger import Ledger
-from hermes.runner import Gateway
+from hermes.gateway import Gateway
+from hermes.jobrunner.ledger import Ledger
 from tests.support.configs import write_config
 from tests.support.inprocess import gateway
 from tests.support.notify import NotifyListener

@@ -385,7 +385,7 @@ def seed_runs(
     name: str = "deploy",
     kind: str = "route",
 ) -> None:
-    from hermes.ledger import Ledger, Outgoing
+    from hermes.jobrunner.ledger import Ledger, Outgoing
 
     store = StateStore(url)
     try:
@@ -433,7 +433,7 @@ def test_failed_outgoing_messages_show_as_degraded(sqlite_url):
 def test_a_message_pending_too_long_shows_as_degraded(sqlite_url):
     from sqlalchemy import update
 
-    from hermes.ledger import Ledger, Outgoing
+    from hermes.jobrunner.ledger import Ledger, Outgoing
     from watchdog.schema import outbox
 
     seed(sqlite_url, [{"platform": "qq"}])

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes.config import load_config
-from hermes.runner import Gateway
+from hermes.gateway import Gateway
 from tests.support.notify import NotifyListener
 from tests.support.timing import t
 from watchdog.notify import Notifier

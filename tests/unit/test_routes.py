@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hermes.handlers import RouteSettings, build_routes, match, parse_target
+from hermes.jobrunner.handlers import RouteSettings, build_routes, match, parse_target
 from hermes.messages import InboundMessage
 
 

@@ -5,7 +5,7 @@ run times survive restarts. They run on a ``BackgroundScheduler`` (a thread of i
 not on the event loop: the job store queries the database whenever the scheduler wakes,
 and a slow database must never delay the watchdog's pings, which stay alone on the loop.
 :class:`LoopExecutor` hands each due run, with its scheduled times, to the gateway's
-event loop, where :class:`~hermes.runs.JobRunner` records and runs it.
+event loop, where :class:`~hermes.jobrunner.runs.JobRunner` records and runs it.
 
 Configuration jobs are synchronised at start and on reload: added, changed (rescheduled)
 or removed; an unchanged job keeps its next run time (and a pause made with
@@ -33,7 +33,7 @@ from loguru import logger
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy import Engine
 
-from hermes.handlers import ActionSettings, parse_target
+from hermes.jobrunner.handlers import ActionSettings, parse_target
 from watchdog.settings import Duration, NonNegativeDuration
 
 JOB_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"

@@ -31,12 +31,12 @@ from loguru import logger
 import hermes
 from hermes.adapters.base import Adapter
 from hermes.config import GatewayConfig, PlatformConfig, load_config
-from hermes.handlers import build_routes
-from hermes.jobs import JobScheduler
-from hermes.ledger import DB_ERRORS, Ledger
+from hermes.jobrunner.handlers import build_routes
+from hermes.jobrunner.ledger import DB_ERRORS, Ledger
+from hermes.jobrunner.outbox import Outbox
+from hermes.jobrunner.runs import JobRunner
+from hermes.jobrunner.schedule import JobScheduler
 from hermes.messages import InboundMessage
-from hermes.outbox import Outbox
-from hermes.runs import JobRunner
 from watchdog.backstop import STOP_BACKSTOP_GRACE, StopBackstop
 from watchdog.clock import Clock, SystemClock
 from watchdog.engine import EXIT_ESCALATE, EXIT_NOT_RETRYABLE, Escalation, WatchdogEngine
@@ -297,7 +297,7 @@ class Gateway:
                 if runs or rows:
                     logger.info("pruned {} old runs and {} settled outbox messages", runs, rows)
 
-    # -- what the outbox and the runner need (hermes.outbox.Platforms)
+    # -- what the outbox and the runner need (hermes.jobrunner.outbox.Platforms)
 
     def deliverable(self) -> list[str]:
         """Platforms that are connected now: their outbox messages may go out."""

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hermes.config import GatewayConfig
-from hermes.ledger import Ledger
+from hermes.jobrunner.ledger import Ledger
 from watchdog.clipping import quote
 from watchdog.states import FAILED_RUNS
 from watchdog.table import age, local_time, render

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from hermes.adapters.base import Adapter
 from hermes.errors import AlreadyDelivered, MessageRejected, SendError
-from hermes.ledger import DB_ERRORS, Delivery, Ledger, Outage, now_utc
+from hermes.jobrunner.ledger import DB_ERRORS, Delivery, Ledger, Outage, now_utc
 from hermes.messages import OutboundMessage
 from watchdog.settings import Duration, Section
 from watchdog.store import is_row_error

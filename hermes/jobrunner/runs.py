@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from loguru import logger
 from pydantic import Field
 
-from hermes.handlers import (
+from hermes.jobrunner.handlers import (
     HandlerError,
     JobContext,
     Route,
@@ -32,10 +32,10 @@ from hermes.handlers import (
     resolve_function,
     run_with_document,
 )
-from hermes.jobs import JobSettings
-from hermes.ledger import DB_ERRORS, Ledger, Outage, Outgoing, now_utc
+from hermes.jobrunner.ledger import DB_ERRORS, Ledger, Outage, Outgoing, now_utc
+from hermes.jobrunner.outbox import Outbox, OutboxSettings, Platforms
+from hermes.jobrunner.schedule import JobSettings
 from hermes.messages import InboundMessage
-from hermes.outbox import Outbox, OutboxSettings, Platforms
 from watchdog.settings import Duration, Section
 from watchdog.store import is_row_error
 from watchdog.tasks import TaskRegistry, cancel_and_wait, describe_exception
