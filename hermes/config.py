@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from hermes.adapters import Adapter, AdapterSettings, resolve_adapter
+from hermes.inbox.intake import InboxSettings
 from hermes.jobrunner.handlers import RouteSettings, parse_target
 from hermes.jobrunner.outbox import OutboxSettings
 from hermes.jobrunner.runs import RunnerSettings
@@ -44,6 +45,7 @@ TOP_LEVEL = (
     "platforms",
     "runner",
     "outbox",
+    "inbox",
     "routes",
     "jobs",
 )
@@ -80,6 +82,7 @@ class GatewayConfig:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     routes: list[RouteSettings] = field(default_factory=list)
     jobs: list[JobSettings] = field(default_factory=list)
+    inbox: InboxSettings = field(default_factory=InboxSettings)
 
 
 def load_config(
@@ -163,6 +166,7 @@ def load_config(
 
     runner = take("runner", RunnerSettings)
     outbox = take("outbox", OutboxSettings)
+    inbox = take("inbox", InboxSettings)
     routes = _tables(data, "routes", RouteSettings, errors)
     jobs = _tables(data, "jobs", JobSettings, errors)
     known = set(tables)
@@ -187,7 +191,7 @@ def load_config(
     if errors:
         raise ConfigError(source, errors)
     assert gateway is not None and store is not None and watchdog is not None
-    assert runner is not None and outbox is not None
+    assert runner is not None and outbox is not None and inbox is not None
     return GatewayConfig(
         path,
         gateway,
@@ -199,6 +203,7 @@ def load_config(
         outbox,
         [r for _, r in routes],
         [j for _, j in jobs],
+        inbox=inbox,
     )
 
 

@@ -61,5 +61,9 @@ class RecentIds:
             ids.popitem(last=False)
         return False
 
+    def forget(self, key: str) -> None:
+        """Take ``key`` back (its event was not taken and will come again)."""
+        self._ids.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._ids)

@@ -52,7 +52,7 @@ from watchdog.schema import (
 )
 from watchdog.states import FAILED_RUNS
 
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 RUNNER_SCHEMA = "0002"
 """The first revision with ``job_runs`` and ``outbox``."""
 ALEMBIC_LOCATION = "watchdog:migrations"

@@ -20,6 +20,11 @@ always builds a *new* instance. The contract:
 6. ``close()`` is idempotent and makes ``run()`` return within the supervisor's
    ``close_timeout``; after that the task is cancelled.
 
+7. Hand every inbound event to ``self.inbound`` with the cursor that covers it, and
+   follow :class:`Inbound`'s durability contract: nothing taken is lost, nothing refused
+   is dropped (it stays with the platform), and a resume the platform refuses is reported
+   as a gap.
+
 Adapters never touch the database, the scheduler or systemd.
 """
 
@@ -27,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +44,7 @@ from hermes.errors import SendError
 from hermes.messages import InboundMessage, OutboundMessage
 from watchdog.heartbeat import PlatformHandle
 from watchdog.states import DeclaredState
+from watchdog.tasks import TaskRegistry
 
 
 class AdapterSettings(BaseModel):
@@ -59,7 +67,9 @@ class Adapter(ABC):
         self.log = logger.bind(platform=name)
         self._closing = asyncio.Event()
         self.on_message: Callable[[InboundMessage], Awaitable[None]] = self._log_message
-        """Where inbound messages go; the gateway points it at its job runner."""
+        """Where :class:`LocalInbound` delivers messages when the adapter runs on its own."""
+        self.inbound: Inbound = LocalInbound(self)
+        """Where inbound events go (see :class:`Inbound`); the gateway gives its inbox."""
 
     @abstractmethod
     async def run(self) -> None:
@@ -110,3 +120,112 @@ class Adapter(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+# -- inbound events: the contract between an adapter and the gateway's inbox
+
+
+class Inbound(Protocol):
+    """Where an adapter hands inbound events. In the gateway this is the inbox (see
+    :mod:`hermes.inbox.intake`); an adapter run on its own gets a :class:`LocalInbound`.
+
+    The durability contract every adapter follows:
+
+    1. Hand each event to :meth:`offer` with the *cursor* that covers it: the position
+       from which the platform would send the events after it again (QQ: session id and
+       seq; a long poll: the next offset). The cursor is stored in the same transaction as
+       the event's inbox row, never ahead of it.
+    2. When :meth:`offer` returns False, nothing was taken: stop reading, leave the event
+       with the platform (do not advance your position past it), wait for :meth:`room`,
+       then continue from the last event that was taken. Never drop it.
+    3. A platform that needs an acknowledgement (a long poll's offset) is acknowledged only
+       after :meth:`committed`.
+    4. At start, resume from :meth:`cursor` if the platform still allows it. When it
+       refuses, or the cursor is too old, report the events lost with :meth:`gap`.
+    """
+
+    def offer(
+        self, message: InboundMessage, cursor: dict[str, Any] | None, event_id: str | None = None
+    ) -> bool:
+        """Take one event (``event_id``: the platform's id for it, default the message id)."""
+
+    async def room(self) -> None:
+        """Return once :meth:`offer` takes events again."""
+
+    async def committed(self) -> None:
+        """Return once every event taken so far is stored."""
+
+    def cursor(self) -> tuple[dict[str, Any], datetime | None] | None:
+        """The position to resume from, and when it was stored (None: in this process)."""
+
+    def note_cursor(self, cursor: dict[str, Any]) -> None:
+        """A new position without an event (a new session started): stored with the next
+        commit, so that a later start does not try to resume the old one."""
+
+    def gap(self, detail: str, size: int | None = None) -> None:
+        """Events the platform will not send again: recorded (``inbound_gap``) and counted."""
+
+
+class LocalInbound:
+    """Inbound for an adapter run on its own (tests, embedding): events go to the adapter's
+    ``on_message`` one at a time, in order, with at most ``capacity`` waiting. Nothing is
+    stored; the cursor lives in memory."""
+
+    def __init__(self, adapter: Adapter, capacity: int = 1000) -> None:
+        self.adapter = adapter
+        self.capacity = capacity
+        self.queue: deque[InboundMessage] = deque()
+        self._cursor: dict[str, Any] | None = None
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._worker: asyncio.Task[Any] | None = None
+        self._tasks = TaskRegistry()
+        self.gaps: list[tuple[str, int | None]] = []
+
+    def offer(
+        self, message: InboundMessage, cursor: dict[str, Any] | None, event_id: str | None = None
+    ) -> bool:
+        if len(self.queue) >= self.capacity:
+            self._room.clear()
+            return False
+        self.queue.append(message)
+        if cursor is not None:
+            self._cursor = cursor
+        self._idle.clear()
+        self._arrived.set()
+        if self._worker is None or self._worker.done():
+            self._worker = self._tasks.spawn(self._deliver(), name=f"inbound:{self.adapter.name}")
+        return True
+
+    async def _deliver(self) -> None:
+        while self.queue:
+            message = self.queue.popleft()
+            if len(self.queue) < self.capacity:
+                self._room.set()
+            try:
+                await self.adapter.on_message(message)
+            except Exception as exc:
+                self.adapter.log.opt(exception=exc).error(
+                    "handler failed for message {}: {}", message.message_id, exc
+                )
+        self._idle.set()
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    async def committed(self) -> None:
+        await self._idle.wait()
+
+    def cursor(self) -> tuple[dict[str, Any], datetime | None] | None:
+        return (self._cursor, None) if self._cursor is not None else None
+
+    def note_cursor(self, cursor: dict[str, Any]) -> None:
+        self._cursor = cursor
+
+    def gap(self, detail: str, size: int | None = None) -> None:
+        self.adapter.log.error("inbound gap: {}", detail)
+        self.gaps.append((detail, size))
+        self._cursor = None

@@ -109,6 +109,10 @@ class RouteSettings(ActionSettings):
     prefix: Annotated[str, Field(min_length=1)] | None = None
     handler: Literal["echo", "command", "python", "ignore"]
     concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
+    on_crash: Literal["cancel", "retry"] = "cancel"
+    """A run cut off by a crash or a stop: ``cancel`` (it is not run again: running
+    ``/deploy`` twice is worse than not at all) or ``retry`` (idempotent handlers: the
+    message is run again after the restart, as a new attempt of its inbox row)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RouteSettings:

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from hermes.inbox.schema import inbox
 from watchdog.schema import fitted, job_runs, outbox
 from watchdog.store import is_row_error
 from watchdog.tasks import describe_exception
@@ -100,9 +101,14 @@ class Ledger:
         platform: str | None = None,
         message_id: str | None = None,
         scheduled_for: datetime | None = None,
+        inbox_id: int | None = None,
     ) -> str | None:
         """Record a run as started; returns its id, or None if this scheduled run already
-        exists (it fired before a crash): the caller must not run it again."""
+        exists (it fired before a crash), or the inbox row ``inbox_id`` is already taken by
+        another run: the caller must not run it (again).
+
+        For a message, the run takes its inbox row in the same transaction: exactly one run
+        per stored message, however often it is offered."""
         rid = str(uuid.uuid4())
         row = {
             "id": rid,
@@ -118,6 +124,8 @@ class Ledger:
         }
         try:
             with self.engine.begin() as conn:
+                if inbox_id is not None and not _take(conn, inbox_id, rid):
+                    return None
                 conn.execute(insert(job_runs).values(row))
         except IntegrityError:
             if scheduled_for is None:
@@ -130,6 +138,8 @@ class Ledger:
             # is recorded with it clipped rather than not at all.
             logger.warning("run {} recorded with clipped values: {}", rid, describe_exception(exc))
             with self.engine.begin() as conn:
+                if inbox_id is not None and not _take(conn, inbox_id, rid):
+                    return None
                 conn.execute(insert(job_runs).values(fitted(job_runs, row)))
         return rid
 
@@ -141,8 +151,13 @@ class Ledger:
         error: str | None = None,
         output: str | None = None,
         messages: Sequence[Outgoing] = (),
+        again: bool = False,
     ) -> list[int]:
         """Record how a run ended and put its messages in the outbox, in one transaction.
+
+        The run's inbox row (if it handled a message) is settled in the same transaction:
+        ``handled``, or ``dead`` when its handler failed; ``again`` (a run cut off that may be
+        run again, ``on_crash = "retry"``) puts the row back for another attempt.
 
         If the database refuses a row of it (:func:`~watchdog.store.is_row_error`), the run
         and its messages are written one by one instead: a message that cannot be stored is
@@ -158,6 +173,7 @@ class Ledger:
         try:
             with self.engine.begin() as conn:
                 conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(values))
+                _settle(conn, run_id, status, again)
                 return self._enqueue(conn, messages, run_id)
         except Exception as exc:
             if not is_row_error(exc):
@@ -167,10 +183,10 @@ class Ledger:
                 run_id,
                 describe_exception(exc),
             )
-        return self._finish_row_by_row(run_id, values, messages)
+        return self._finish_row_by_row(run_id, values, messages, again)
 
     def _finish_row_by_row(
-        self, run_id: str, values: dict[str, Any], messages: Sequence[Outgoing]
+        self, run_id: str, values: dict[str, Any], messages: Sequence[Outgoing], again: bool
     ) -> list[int]:
         ids: list[int] = []
         refused: list[str] = []
@@ -200,10 +216,12 @@ class Ledger:
         try:
             with self.engine.begin() as conn:
                 conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(values))
+                _settle(conn, run_id, values["status"], again)
         except Exception as exc:
             if not is_row_error(exc):
                 raise
             with self.engine.begin() as conn:
+                _settle(conn, run_id, "error", again)
                 conn.execute(
                     update(job_runs)
                     .where(job_runs.c.id == run_id)
@@ -295,19 +313,32 @@ class Ledger:
                 )
         return [(r.id, r.name) for r in fresh]
 
-    def close_interrupted(self) -> int:
-        """At start: runs left ``running`` by a process that died are ``cancelled``."""
+    def close_interrupted(self, retry: Iterable[str] = ()) -> int:
+        """At start: runs left ``running`` by a process that died are ``cancelled``. The
+        messages of routes named in ``retry`` (``on_crash = "retry"``) go back to the inbox
+        for another attempt; the others' are settled as handled by the cancelled run."""
+        retry = set(retry)
+        now = now_utc()
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(job_runs)
-                .where(job_runs.c.status == "running")
-                .values(
-                    status="cancelled",
-                    finished_at=now_utc(),
-                    error="interrupted: the gateway stopped during the run",
+            running = conn.execute(
+                select(job_runs.c.id, job_runs.c.kind, job_runs.c.name).where(
+                    job_runs.c.status == "running"
                 )
-            )
-        return int(result.rowcount or 0)
+            ).all()
+            for r in running:
+                again = r.kind == "route" and r.name in retry
+                conn.execute(
+                    update(job_runs)
+                    .where(job_runs.c.id == r.id)
+                    .values(
+                        status="cancelled",
+                        finished_at=now,
+                        error="interrupted: the gateway stopped during the run"
+                        + ("; its message is run again (on_crash = retry)" if again else ""),
+                    )
+                )
+                _settle(conn, r.id, "cancelled", again)
+        return len(running)
 
     def runs(self, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The newest runs (of one job or route), oldest first."""
@@ -565,6 +596,33 @@ class Ledger:
             query = query.where(outbox.c.status == status)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _take(conn: Any, inbox_id: int, run_id: str) -> bool:
+    """Give the inbox row to the run, unless another run has it: the one place that makes
+    a stored message run exactly once."""
+    result = conn.execute(
+        update(inbox)
+        .where(and_(inbox.c.id == inbox_id, inbox.c.status == "received", inbox.c.run_id.is_(None)))
+        .values(run_id=run_id, attempts=inbox.c.attempts + 1, updated_at=now_utc())
+    )
+    return bool(result.rowcount == 1)
+
+
+INBOX_OUTCOME = {"ok": "handled", "cancelled": "handled", "error": "dead", "timeout": "dead"}
+"""A run's status -> its message's inbox status."""
+
+
+def _settle(conn: Any, run_id: str, status: str, again: bool) -> None:
+    """The inbox row a run handled: settled with the run, or back for another attempt."""
+    values: dict[str, Any] = (
+        {"run_id": None, "status": "received"}
+        if again
+        else {"status": INBOX_OUTCOME.get(status, "handled")}
+    )
+    conn.execute(
+        update(inbox).where(inbox.c.run_id == run_id).values(updated_at=now_utc(), **values)
+    )
 
 
 def _insert_ignore(conn: Any, row: dict[str, Any]) -> Any:

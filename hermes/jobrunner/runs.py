@@ -13,6 +13,7 @@ limited per route and overall.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Annotated, Any
 from loguru import logger
 from pydantic import Field
 
+from hermes.inbox.store import InboxStore, Stored
 from hermes.jobrunner.handlers import (
     HandlerError,
     JobContext,
@@ -48,7 +50,8 @@ class RunnerSettings(Section):
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 32
     """Runs (handlers and jobs) at once, over all routes and jobs."""
     max_waiting: Annotated[int, Field(ge=1)] = 10_000
-    """Runs waiting for a slot; beyond that, inbound messages are refused (logged)."""
+    """Runs waiting for a slot; beyond that, stored messages wait in the inbox (not in
+    memory) and are taken in order as slots free up."""
     request_poll: Duration = 1.0
     """How often ``hermes jobs run`` requests and job-store changes are picked up."""
     retention: Duration = 30 * 86_400.0
@@ -94,6 +97,15 @@ class JobRunner:
         self.waiting = 0
         self.runs: set[asyncio.Task[Any]] = set()
         self.completed = 0
+        self.inbox: InboxStore | None = None
+        """Set by the gateway: stored messages come from here (:meth:`on_stored`)."""
+        self.backlog = True
+        """Stored messages may be waiting without a run (left by a crash, or the runner was
+        full): the backlog poll takes them, oldest first, before newer ones go direct."""
+        self._deferred = 0
+        self._backlog_wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self.stopping = False
 
     def configure(self, routes: Sequence[Route], jobs: Sequence[JobSettings]) -> None:
         """Take a reloaded configuration (running runs finish under the old one)."""
@@ -102,26 +114,91 @@ class JobRunner:
 
     # -- inbound messages
 
-    async def on_message(self, message: InboundMessage) -> None:
-        """The adapters' callback: match a route and start its run; returns at once."""
-        route = match(self.routes, message)
-        if route is None:
-            logger.bind(platform=message.platform).debug(
-                "message {}: no route matches", message.message_id
-            )
-            return
-        if self.waiting >= self.settings.max_waiting:
-            logger.bind(platform=message.platform).error(
-                "runner full ({} runs waiting): message {} for route {} not handled",
-                self.waiting,
-                message.message_id,
-                route.name,
-            )
-            return
-        self._spawn(self._route_run(route, message), f"run:{route.name}:{message.message_id[-12:]}")
+    def on_stored(self, rows: list[Stored]) -> None:
+        """The inbox's callback after a commit: start a run for each new row a route
+        matches. Rows wait in the inbox (the backlog) while older ones do, or while the
+        runner is full; rows no route matches are marked ``skipped``."""
+        skipped = []
+        for row in rows:
+            route = match(self.routes, row.message)
+            if route is None:
+                skipped.append(row.id)
+            elif self.backlog or self.stopping or self._full():
+                self.backlog = True
+                self._deferred += 1
+            else:
+                self._start(route, row)
+        if skipped:
+            self._spawn(self._skip(skipped), "inbox:skip")
+        if self.backlog:
+            self._backlog_wake.set()
 
-    async def _route_run(self, route: Route, message: InboundMessage) -> None:
+    def _full(self) -> bool:
+        return len(self.runs) >= self.settings.max_concurrency + self.settings.max_waiting
+
+    def _start(self, route: Route, row: Stored) -> None:
+        self._in_flight.add(row.id)
+        name = f"run:{route.name}:{row.message.message_id[-12:]}"
+        self._spawn(self._route_run(route, row.message, row.id), name)
+
+    async def _skip(self, ids: list[int]) -> None:
+        assert self.inbox is not None
+        try:
+            await self.db.call(self.inbox.skip, ids)
+        except DB_ERRORS as exc:  # left received: the next backlog pass skips them again
+            logger.warning(
+                "inbox: {} rows not marked skipped: {}", len(ids), describe_exception(exc)
+            )
+
+    async def poll_backlog(self, every: float) -> None:
+        """Take stored messages that have no run yet, oldest first, as slots allow."""
+        assert self.inbox is not None
+        outage = Outage("inbox backlog")
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._backlog_wake.wait(), every)
+            self._backlog_wake.clear()
+            if not self.backlog or self.stopping:
+                continue
+            free = self.settings.max_concurrency + self.settings.max_waiting - len(self.runs)
+            if free <= 0:
+                continue
+            deferred = self._deferred
+            try:
+                rows = await self.db.call(self.inbox.backlog, free, list(self._in_flight))
+            except DB_ERRORS as exc:
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            outage.ok()
+            if len(rows) < free and self._deferred == deferred:
+                self.backlog = False  # caught up; nothing was deferred while we looked
+            skipped = []
+            for row in rows:
+                route = match(self.routes, row.message)
+                if route is None:
+                    skipped.append(row.id)
+                else:
+                    self._start(route, row)
+            if skipped:
+                await self._skip(skipped)
+            if self.backlog:
+                self._backlog_wake.set()
+
+    async def _route_run(
+        self, route: Route, message: InboundMessage, inbox_id: int | None = None
+    ) -> None:
+        try:
+            await self._route_run_in_slot(route, message, inbox_id)
+        finally:
+            if inbox_id is not None:
+                self._in_flight.discard(inbox_id)
+
+    async def _route_run_in_slot(
+        self, route: Route, message: InboundMessage, inbox_id: int | None
+    ) -> None:
         async with self._slot(route.limit):
+            if self.stopping:
+                return  # still received in the inbox: the next start takes it
             try:
                 run_id = await self.db.call(
                     self.ledger.start_run,
@@ -130,20 +207,34 @@ class JobRunner:
                     trigger="message",
                     platform=message.platform,
                     message_id=message.message_id,
+                    inbox_id=inbox_id,
                 )
             except DB_ERRORS as exc:
-                logger.bind(platform=message.platform).error(
-                    "message {} not handled: its run cannot be recorded: {}",
+                log = logger.bind(platform=message.platform)
+                if inbox_id is None:
+                    log.error(
+                        "message {} not handled: its run cannot be recorded: {}",
+                        message.message_id,
+                        describe_exception(exc),
+                    )
+                    return
+                # Stored, so not lost: it waits in the inbox for the backlog poll.
+                log.warning(
+                    "message {} waits in the inbox: its run cannot be recorded now: {}",
                     message.message_id,
                     describe_exception(exc),
                 )
+                self.backlog = True
                 return
-            assert run_id is not None
+            if run_id is None:
+                return  # another run has this inbox row
+            again = route.settings.on_crash == "retry"
             result = await self._execute_recorded(
                 run_id,
                 route.name,
                 route.settings.timeout,
                 lambda: handle(route, message, run_id, self.environ),
+                again=again,
             )
             replies = []
             if result.reply:
@@ -268,16 +359,28 @@ class JobRunner:
     # -- shared
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task = self.tasks.spawn(coro, name=name, on_done=self.runs.discard)
+        task = self.tasks.spawn(coro, name=name, on_done=self._run_done)
         self.runs.add(task)
+
+    def _run_done(self, task: asyncio.Task[Any]) -> None:
+        self.runs.discard(task)
+        if self.backlog:
+            self._backlog_wake.set()
 
     def _slot(self, route_limit: asyncio.Semaphore | None) -> _Slots:
         return _Slots(self, route_limit)
 
     async def _execute_recorded(
-        self, run_id: str, name: str, limit: float, action: Callable[[], Awaitable[str | None]]
+        self,
+        run_id: str,
+        name: str,
+        limit: float,
+        action: Callable[[], Awaitable[str | None]],
+        *,
+        again: bool = False,
     ) -> Result:
-        """:meth:`_execute`, and if the gateway cancels the run (shutdown), record that."""
+        """:meth:`_execute`, and if the gateway cancels the run (shutdown), record that;
+        ``again``: its message goes back to the inbox to be run after the restart."""
         try:
             return await self._execute(name, limit, action)
         except asyncio.CancelledError:
@@ -285,7 +388,9 @@ class JobRunner:
                 self.ledger.finish_run,
                 run_id,
                 "cancelled",
-                error="the gateway stopped during the run",
+                error="the gateway stopped during the run"
+                + ("; its message is run again (on_crash = retry)" if again else ""),
+                again=again,
             )
             raise
 
@@ -347,7 +452,9 @@ class JobRunner:
             self.outbox.wake()
 
     async def cancel_all(self, grace: float) -> None:
-        """Shutdown: cancel running runs; each records itself as ``cancelled``."""
+        """Shutdown: cancel running runs; each records itself as ``cancelled``. Stored
+        messages not yet started stay in the inbox for the next start."""
+        self.stopping = True
         await cancel_and_wait(self.runs, grace)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
+from hermes.inbox import schema as inbox_schema
 from watchdog.exceptions import StoreError, StoreNotFound
 from watchdog.schema import metadata
 from watchdog.store import SCHEMA_HEAD, Batch, StateStore
@@ -85,6 +86,8 @@ def test_migrations_create_every_table_on_an_empty_database_and_are_idempotent(s
         assert s.revision() is None
         assert s.migrate() == (None, SCHEMA_HEAD)
         assert s.migrate() == (SCHEMA_HEAD, SCHEMA_HEAD)
+        # Tables owned by the gateway's packages join the one metadata (one migration chain).
+        assert {inbox_schema.inbox.name, inbox_schema.inbound_cursors.name} <= set(metadata.tables)
         with s.engine.connect() as conn:
             insp = inspect(conn)
             for table in metadata.sorted_tables:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
@@ -25,7 +26,7 @@ from pydantic import AfterValidator, Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from hermes.adapters.base import Adapter, AdapterSettings
+from hermes.adapters.base import Adapter, AdapterSettings, LocalInbound
 from hermes.adapters.qqbot import events
 from hermes.adapters.qqbot.api import QQApi
 from hermes.adapters.qqbot.auth import TokenManager
@@ -47,6 +48,7 @@ from hermes.adapters.qqbot.protocol import (
     SessionInvalid,
     Unknown,
     Wait,
+    plan_after_backpressure,
     plan_after_close,
     plan_after_invalid_session,
     plan_after_protocol_error,
@@ -61,7 +63,7 @@ from hermes.errors import (
     QQTokenUnavailable,
     SendError,
 )
-from hermes.messages import InboundMessage, OutboundMessage, RecentIds
+from hermes.messages import OutboundMessage, RecentIds
 from watchdog.heartbeat import PlatformHandle
 from watchdog.settings import Duration, SecretValue
 from watchdog.states import DeclaredState
@@ -112,7 +114,12 @@ class QQBotSettings(AdapterSettings):
     send_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     dedupe_window: Annotated[int, Field(ge=100)] = 10_000
     handler_queue: Annotated[int, Field(ge=1)] = 1000
+    """Run on its own (not in the gateway): messages waiting for ``on_message``."""
     handler_workers: Annotated[int, Field(ge=1, le=256)] = 4
+    """Accepted for old configurations; the inbox hands messages to the job runner."""
+    resume_window: Duration = 300.0
+    """At start, a stored session younger than this is resumed, so that the platform replays
+    what a dead process never stored; an older one is not tried (recorded as a gap)."""
 
     @field_validator("intents")
     @classmethod
@@ -155,7 +162,9 @@ class QQBotAdapter(Adapter):
         self.recent = RecentIds(settings.dedupe_window)
         self.api: QQApi | None = None
         self.tokens: TokenManager | None = None
-        self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue(settings.handler_queue)
+        self.inbound = LocalInbound(self, settings.handler_queue)
+        self._held = False
+        """An event was refused by the inbox (full): reconnect only once it has room."""
         self.zombie_detection = True
         """Tests turn this off to prove the watchdog catches a half-open socket by itself."""
         self.tasks = TaskRegistry()
@@ -183,10 +192,6 @@ class QQBotAdapter(Adapter):
                 max_attempts=s.send_attempts,
                 platform=self.name,
             )
-            for i in range(s.handler_workers):
-                self.tasks.spawn(
-                    self._worker(), name=f"qq:{self.name}:handler#{i}", expected_to_end=False
-                )
             try:
                 await self._serve()
             finally:
@@ -205,10 +210,32 @@ class QQBotAdapter(Adapter):
 
     # -- the loop
 
+    def _resume_stored_session(self) -> None:
+        """Resume from the inbox's cursor: the platform replays what a dead process (or the
+        previous instance) received but never stored."""
+        found = self.inbound.cursor()
+        if found is None or self.session.resumable:
+            return
+        cursor, saved_at = found
+        sid, seq = cursor.get("session_id"), cursor.get("seq")
+        if not isinstance(sid, str) or not (seq is None or isinstance(seq, int)):
+            return
+        if saved_at is not None:
+            age = (datetime.now(UTC) - saved_at).total_seconds()
+            if age > self.s.resume_window:
+                self.inbound.gap(
+                    f"session {sid} stored {age:.0f} s ago is older than resume_window "
+                    f"({self.s.resume_window:g} s): events after seq {seq} are not asked for"
+                )
+                return
+        self.session.session_id, self.session.seq = sid, seq
+        self.log.info("resuming stored session {} after seq {}", sid, seq)
+
     async def _serve(self) -> None:
         s = self.s
         plan = Plan(Next.IDENTIFY)
         auth_failures = 0
+        self._resume_stored_session()
         while not self.closing():
             outcome = await self._connect_once()
             if self.closing():
@@ -236,6 +263,12 @@ class QQBotAdapter(Adapter):
             elif outcome.ready:
                 auth_failures = 0
             if plan.clear_session:
+                if self.session.resumable:
+                    self.inbound.gap(
+                        f"the platform refused to resume session {self.session.session_id} "
+                        f"after seq {self.session.seq} ({outcome.detail}); events after it "
+                        "will not be sent again"
+                    )
                 self.session.clear()
             delay = self.reconnector.after(plan, outcome.proven_for)
             if delay is None:
@@ -248,6 +281,13 @@ class QQBotAdapter(Adapter):
                 )
                 return
             self.handle.declare(DeclaredState.RECONNECTING)
+            if self._held:
+                # The inbox was full: what it refused is still with the platform. Connect
+                # again (and resume, which replays it) once the inbox takes events again.
+                self.log.warning("inbox full: waiting for room before reconnecting")
+                if await self._until_room():
+                    break
+                self._held = False
             self.log.warning(
                 "connection ended ({}); {} in {:.1f} s",
                 outcome.detail,
@@ -259,6 +299,17 @@ class QQBotAdapter(Adapter):
             if await self.pause(delay):
                 break
         self.stopped()
+
+    async def _until_room(self) -> bool:
+        """Wait for room in the inbox or for :meth:`close`; True if closing."""
+        room = asyncio.ensure_future(self.inbound.room())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({room, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+            closing.cancel()
+        return self.closing()
 
     async def _connect_once(self) -> Outcome:
         retry = Plan(Next.RESUME, Wait.BACKOFF)  # resumes only if the session still allows it
@@ -373,6 +424,7 @@ class QQBotAdapter(Adapter):
     ) -> tuple[tuple[Plan, str] | None, bool, bool]:
         """Handle one frame: ``((plan, why) if the connection must end, whether it became
         ready, whether it was proof of life)``."""
+        seq_before = self.session.seq
         try:
             actions = conn.receive(raw)
         except QQMalformedFrame as exc:
@@ -385,7 +437,14 @@ class QQBotAdapter(Adapter):
             if kind is Dispatch:  # proof of life, as is an ACK (READY/RESUMED is not)
                 self.handle.beat()
                 proof = True
-                self._dispatch(action)  # type: ignore[arg-type]
+                if not self._dispatch(action):  # type: ignore[arg-type]
+                    # Not taken: leave it with the platform. The seq stays before it, so the
+                    # next Resume replays it; nothing more is read from this connection.
+                    self.session.seq = seq_before
+                    self._held = True
+                    await ws.close(ZOMBIE_CLOSE_CODE, "inbox full")
+                    why = "the gateway's inbox is full: events left with the platform"
+                    return (plan_after_backpressure(), why), became_ready, proof
             elif kind is Acked:
                 self.handle.beat()
                 proof = True
@@ -398,6 +457,9 @@ class QQBotAdapter(Adapter):
                 # comes with the ACK of the heartbeat sent with it (the next action).
                 became_ready = True
                 self.handle.declare(DeclaredState.CONNECTED)
+                if not action.resumed:  # type: ignore[union-attr]
+                    # A new session: a later start must not try to resume the old one.
+                    self.inbound.note_cursor(self._cursor())
                 self.log.info(
                     "session {} ({}), heartbeat every {:g} s",
                     "resumed" if action.resumed else "ready",  # type: ignore[union-attr]
@@ -450,37 +512,27 @@ class QQBotAdapter(Adapter):
 
     # -- inbound messages
 
-    def _dispatch(self, event: Dispatch) -> None:
+    def _cursor(self) -> dict[str, Any]:
+        return {"session_id": self.session.session_id, "seq": self.session.seq}
+
+    def _dispatch(self, event: Dispatch) -> bool:
+        """Hand a message event to the inbox; False if it was refused (inbox full)."""
         if event.t not in events.MESSAGE_EVENTS:
             if event.t not in events.KNOWN_EVENTS:
                 self._ignore(event.t, "event type")
-            return
+            return True
         try:
             message = events.parse_message(self.name, event.t, event.d, event.id)
         except ValueError as exc:
             self.log.error("dropping a malformed {} (s={}): {}", event.t, event.s, exc)
-            return
+            return True
         if self.recent.seen(message.message_id):
             self.duplicates += 1
-            return
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
-            self.log.error(
-                "handler queue full ({}): dropping message {}",
-                self.queue.maxsize,
-                message.message_id,
-            )
-
-    async def _worker(self) -> None:
-        while True:
-            message = await self.queue.get()
-            try:
-                await self.on_message(message)
-            except Exception as exc:
-                self.log.opt(exception=exc).error(
-                    "handler failed for message {}: {}", message.message_id, describe_exception(exc)
-                )
+            return True
+        if self.inbound.offer(message, self._cursor()):
+            return True
+        self.recent.forget(message.message_id)  # it comes again with the replay
+        return False
 
     # -- outbound
 

@@ -406,6 +406,12 @@ def plan_after_invalid_session(resumable: bool) -> Plan:
     return Plan(Next.IDENTIFY, Wait.BACKOFF, requested=True)
 
 
+def plan_after_backpressure() -> Plan:
+    """The gateway could take no more events: resume once it can (the platform replays what
+    was left with it). Asked for by the gateway, not a failure of the connection."""
+    return Plan(Next.RESUME, Wait.NONE, requested=True)
+
+
 def plan_after_zombie() -> Plan:
     return Plan(Next.RESUME, Wait.NONE)
 

@@ -1,0 +1,260 @@
+"""The intake: inbound events on their way into the inbox, with group commit and backpressure.
+
+Adapters hand every inbound event to :meth:`Intake.offer` (through their
+:class:`~hermes.adapters.base.Inbound` view) together with their cursor, the
+position that covers it. A committer task writes what has arrived in batches, one
+transaction per batch (flushed once ``batch`` rows wait, or ``flush_after``
+after the first), on a database thread of its own, never on the event loop. Only
+after the commit are the new rows handed to the routes (``on_stored``), so nothing
+reaches a handler before its row is stored, and the cursor stored with a batch
+never runs ahead of the rows it covers.
+
+Backpressure, never a drop: at most ``max_pending`` events wait for their commit.
+When the store cannot keep up or is down, :meth:`Intake.offer` refuses the next
+event; the adapter then stops reading and leaves it with the platform (which
+replays it after the cursor), and waits for :meth:`Intake.room`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from loguru import logger
+from pydantic import Field
+
+from hermes.inbox.store import Arrival, Committed, Gap, InboxStore, SavedCursor, Stored, now_utc
+from hermes.jobrunner.ledger import DB_ERRORS, Outage
+from hermes.messages import InboundMessage
+from watchdog.settings import Duration, Section
+from watchdog.store import is_row_error
+from watchdog.tasks import describe_exception
+from watchdog.threads import DaemonWorker
+
+
+class InboxSettings(Section):
+    """The ``[inbox]`` table."""
+
+    batch: Annotated[int, Field(ge=1, le=100_000)] = 500
+    """Rows per group commit at most."""
+    flush_after: Duration = 0.005
+    """A batch is committed at the latest this long after its first row arrived."""
+    max_pending: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
+    """Events waiting for their commit before adapters are told to stop reading."""
+    backlog_poll: Duration = 1.0
+    """How often rows the runner could not take at once are looked for."""
+    retention: Duration = 7 * 86400.0
+    """Handled, skipped and dead rows are deleted after this long."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    platform: str
+    arrival: Arrival | None
+    """None for a cursor moved without an event (a new session)."""
+    cursor: dict[str, Any] | None
+
+
+class Intake:
+    """Owns the path from ``offer`` to a committed inbox row; one per gateway."""
+
+    def __init__(
+        self,
+        store: InboxStore,
+        settings: InboxSettings,
+        *,
+        on_stored: Callable[[list[Stored]], None],
+        saved: Mapping[str, SavedCursor] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_stored = on_stored
+        self.db = DaemonWorker("hermes-inbox")
+        self._pending: deque[_Waiting] = deque()
+        self._gaps: list[Gap] = []
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._taken = 0
+        """Events offered and taken so far (numbering for :meth:`committed`)."""
+        self._stored_upto = 0
+        self._commit_done = asyncio.Event()
+        self._saved: dict[str, SavedCursor] = dict(saved or {})
+        self._latest: dict[str, dict[str, Any]] = {}
+        """The newest cursor taken per platform in this process (stored or on its way)."""
+        self.stored = 0
+        self.replayed = 0
+        self.lost = 0
+        self.refused = 0
+        """Offers refused for want of room (left with the platform)."""
+        self.outage = Outage("inbox")
+
+    # -- what adapters call (through Inbound)
+
+    def offer(
+        self, message: InboundMessage, cursor: dict[str, Any] | None, event_id: str | None = None
+    ) -> bool:
+        """Take one event for the inbox; False (nothing taken) when no room is left."""
+        if len(self._pending) >= self.settings.max_pending:
+            self._room.clear()
+            self.refused += 1
+            return False
+        arrival = Arrival(message, event_id or message.message_id, now_utc())
+        self._pending.append(_Waiting(message.platform, arrival, cursor))
+        self._taken += 1
+        if cursor is not None:
+            self._latest[message.platform] = cursor
+        self._arrived.set()
+        if len(self._pending) >= self.settings.batch:
+            self._full.set()
+        return True
+
+    async def room(self) -> None:
+        """Wait until :meth:`offer` takes events again."""
+        await self._room.wait()
+
+    async def committed(self) -> None:
+        """Wait until every event taken so far is stored (for adapters that acknowledge
+        the platform, such as a long poll's offset: only after this)."""
+        target = self._taken
+        while self._stored_upto < target:
+            self._commit_done.clear()
+            await self._commit_done.wait()
+
+    def cursor(self, platform: str) -> tuple[dict[str, Any], datetime | None] | None:
+        """Where the platform's events should resume: the newest cursor taken in this
+        process (``saved_at`` None), else the one stored by an earlier process."""
+        latest = self._latest.get(platform)
+        if latest is not None:
+            return latest, None
+        saved = self._saved.get(platform)
+        return (saved.cursor, saved.saved_at) if saved is not None else None
+
+    def gap(self, platform: str, detail: str, size: int | None = None) -> None:
+        """Record events the platform will not send again; stored with the next commit as a
+        transition with reason ``inbound_gap`` and counted in ``inbound_cursors.gaps``."""
+        logger.bind(platform=platform).error("inbound gap: {}", detail)
+        self._gaps.append(Gap(platform, detail, size))
+        self._latest.pop(platform, None)
+        self._saved.pop(platform, None)
+        self._arrived.set()
+
+    def note_cursor(self, platform: str, cursor: dict[str, Any]) -> None:
+        """A new position without an event (a new session): stored in order with the events,
+        so that a later start resumes the new session, not the old one."""
+        self._pending.append(_Waiting(platform, None, cursor))
+        self._taken += 1
+        self._latest[platform] = cursor
+        self._arrived.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- the committer task
+
+    async def run(self) -> None:
+        """Commit what arrives, batch by batch, until cancelled."""
+        s = self.settings
+        while True:
+            await self._arrived.wait()
+            if len(self._pending) < s.batch and not self._gaps:
+                # Let a batch gather: until it is full, or flush_after after the first row.
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), s.flush_after)
+            await self._commit_once()
+            if not self._pending and not self._gaps:
+                self._arrived.clear()
+
+    async def flush(self) -> None:
+        """Commit everything waiting now (at stop); an outage leaves it unstored, and the
+        platform's replay after the stored cursor brings it back."""
+        while self._pending or self._gaps:
+            if not await self._commit_once(retry=False):
+                return
+
+    async def _commit_once(self, *, retry: bool = True) -> bool:
+        n = min(len(self._pending), self.settings.batch)
+        items = [self._pending[i] for i in range(n)]
+        gaps = list(self._gaps)
+        cursors: dict[str, dict[str, Any]] = {}
+        arrivals = []
+        for w in items:
+            if w.cursor is not None:
+                cursors[w.platform] = w.cursor
+            if w.arrival is not None:
+                arrivals.append(w.arrival)
+        try:
+            done: Committed = await self.db.call(self.store.commit, arrivals, cursors, gaps)
+        except DB_ERRORS as exc:
+            if is_row_error(exc):
+                raise  # commit() handles row errors itself; this is a bug
+            if not retry:
+                logger.error(
+                    "inbox: {} events not stored at stop ({}); the platform replays them",
+                    len(self._pending),
+                    describe_exception(exc),
+                )
+                return False
+            await asyncio.sleep(self.outage.failed(exc))
+            return False
+        self.outage.ok()
+        for _ in range(n):
+            self._pending.popleft()
+        del self._gaps[: len(gaps)]
+        self._stored_upto += n
+        self.stored += len(done.stored)
+        self.replayed += done.replayed
+        self.lost += done.lost
+        self._commit_done.set()
+        if len(self._pending) < self.settings.max_pending:
+            self._room.set()
+        if done.stored:
+            try:
+                self.on_stored(done.stored)
+            except Exception as exc:  # the rows are stored: the backlog poll takes them
+                logger.opt(exception=exc).error(
+                    "inbox: handing stored rows to the runner failed: {}", describe_exception(exc)
+                )
+        return True
+
+    def close(self) -> None:
+        self.db.stop()
+
+
+class PlatformInbound:
+    """One platform's view of the intake: what its adapter gets as ``adapter.inbound``
+    (:class:`hermes.adapters.base.Inbound`)."""
+
+    __slots__ = ("intake", "platform")
+
+    def __init__(self, intake: Intake, platform: str) -> None:
+        self.intake = intake
+        self.platform = platform
+
+    def offer(
+        self, message: InboundMessage, cursor: dict[str, Any] | None, event_id: str | None = None
+    ) -> bool:
+        return self.intake.offer(message, cursor, event_id)
+
+    async def room(self) -> None:
+        await self.intake.room()
+
+    async def committed(self) -> None:
+        await self.intake.committed()
+
+    def cursor(self) -> tuple[dict[str, Any], datetime | None] | None:
+        return self.intake.cursor(self.platform)
+
+    def note_cursor(self, cursor: dict[str, Any]) -> None:
+        self.intake.note_cursor(self.platform, cursor)
+
+    def gap(self, detail: str, size: int | None = None) -> None:
+        self.intake.gap(self.platform, detail, size)
