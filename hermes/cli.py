@@ -128,6 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn zombie (as --zombie) this long after the first READY",
     )
     qq.add_argument(
+        "--resume-window",
+        type=_duration_arg,
+        default=None,
+        metavar="DURATION",
+        help="how long a session stays resumable after its connection drops (default 300s)",
+    )
+    qq.add_argument(
+        "--replay-limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="events held per session for Resume (default 100000)",
+    )
+    qq.add_argument(
+        "--burst",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="send N group messages at once when the bot is READY",
+    )
+    qq.add_argument(
+        "--kill-pid",
+        type=_positive_int,
+        default=0,
+        metavar="PID",
+        help="SIGKILL this process mid-burst (with --kill-after)",
+    )
+    qq.add_argument(
+        "--kill-after",
+        type=_positive_int,
+        default=0,
+        metavar="K",
+        help="... right after the K-th event of the burst is sent",
+    )
+    qq.add_argument(
         "--ready-file",
         metavar="PATH",
         help="write the URLs and credentials as JSON here once listening",
@@ -149,13 +184,51 @@ def _duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{exc}, got {quote(text)}") from None
 
 
+def _positive_int(text: str) -> int:
+    from watchdog.clipping import quote
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {quote(text)}")
+    return value
+
+
 def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
     import json
 
-    from hermes.adapters.qqbot.simulator import QQSimulator, Script, config_snippet, run_script
+    from hermes.adapters.qqbot.simulator import (
+        DEFAULT_REPLAY_LIMIT,
+        DEFAULT_RESUME_WINDOW,
+        QQSimulator,
+        Script,
+        config_snippet,
+        run_script,
+    )
 
     def say(line: str) -> None:
         print(f"qq-simulator: {line}", flush=True)
+
+    script = Script(
+        args.message_every,
+        args.message_kind,
+        args.messages,
+        args.silent_after,
+        args.refuse_after,
+        args.zombie_after,
+        burst=args.burst,
+        kill_pid=args.kill_pid,
+        kill_after=args.kill_after,
+    )
+    problems = script.problems()
+    if problems:
+        for problem in problems:
+            print(f"hermes simulate qqbot: error: {problem}", file=sys.stderr)
+        return 2
+    window = DEFAULT_RESUME_WINDOW if args.resume_window is None else args.resume_window
+    limit = DEFAULT_REPLAY_LIMIT if args.replay_limit is None else args.replay_limit
 
     async def main() -> None:
         sim = QQSimulator(
@@ -166,6 +239,8 @@ def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
             http_port=args.http_port,
             ws_port=args.ws_port,
             zombie=args.zombie,
+            resume_window=window,
+            replay_limit=limit,
         )
         sim.observer = say
         stop = asyncio.Event()
@@ -183,16 +258,12 @@ def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
                 }
                 await asyncio.to_thread(_write_atomically, args.ready_file, json.dumps(info))
             say(f"listening: API {sim.api_base}, gateway {sim.gateway_url}")
+            say(
+                f"sessions stay resumable for {window:g} s after their connection drops;"
+                f" up to {limit} events each are held for Resume"
+            )
             print(
                 "\n# a platform for your gateway configuration:\n" + config_snippet(sim), flush=True
-            )
-            script = Script(
-                args.message_every,
-                args.message_kind,
-                args.messages,
-                args.silent_after,
-                args.refuse_after,
-                args.zombie_after,
             )
             driver = loop.create_task(run_script(sim, script, say), name="qq-simulator:script")
             await stop.wait()

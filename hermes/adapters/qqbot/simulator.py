@@ -24,18 +24,55 @@ Hostile modes, each a way a gateway can misbehave:
 - Message text with a lone surrogate goes out as the legal JSON escape ``\\ud800``.
 - :meth:`QQSimulator.close` with any close code, :meth:`QQSimulator.drop`,
   :meth:`QQSimulator.refuse_connections`, :meth:`QQSimulator.fail_next` for HTTP endpoints.
+- :meth:`QQSimulator.burst` sends thousands of messages as fast as the connection takes
+  them, and :meth:`QQSimulator.after_sent` runs a hook (e.g. SIGKILL the bot) after the
+  k-th event of a burst: a crash mid-burst, on cue. ``--burst``, ``--kill-pid``,
+  ``--kill-after``.
+
+Resume, as the platform documents it and no kinder
+(https://bot.q.qq.com/wiki/develop/api-v2/dev-prepare/interface-framework/event-emit.html,
+"恢复登录态 Session"): "断开之后短时间内重连会补发中间遗漏的事件" -- a bot that reconnects
+within a short time and sends Resume (op 6) with its session id and the last ``s`` it
+handled gets every event after that seq, and "所有事件补发完成之后" (once all of them are
+sent) "会下发一个 Resumed Event": the missed events first, in order, then RESUMED. So here:
+
+- A session's events are held for replay while a connection is attached, and for
+  ``resume_window`` seconds after its last connection closed, however it closed (a TCP
+  reset from a killed process included), except that a bot closing with 1000 or 1001
+  ends its session (``client_close_ends_session``; the rule of the Discord gateway the QQ
+  gateway is modelled on, and the reason the adapter never closes that way to resume).
+  The platform publishes no number for "a short time"; the default, 300 s, is a guess
+  that covers a crash and a systemd restart (seconds) and a 30 s database outage. A
+  gateway must not rely on it: it must handle the refusal below.
+- At most ``replay_limit`` events (default 100,000) are held per session; beyond that the
+  oldest are dropped, and a Resume from a seq before the oldest one still held is
+  refused, because the platform cannot replay what it no longer holds and will not skip it.
+- Refusals, from the WebSocket error-code table
+  (https://bot.q.qq.com/wiki/develop/api-v2/dev-prepare/error-trace/websocket.html):
+  an unknown, ended or expired session id is closed with 4006 ("无效的 session id",
+  "无法继续 resume", "请 identify": invalid session id, cannot resume, identify); a seq
+  outside what the session holds with 4007 ("seq 错误": wrong seq); a Resume whose fields
+  are missing or of the wrong type gets op 9 Invalid Session with ``d`` false (opcode
+  table: on Identify or Resume "如果参数有错" -- if a parameter is wrong --
+  "服务端会返回该消息"). ``refuse_resume_with="op9"`` answers every refusal with op 9 (``d`` false)
+  instead, leaving the connection open: a gateway must handle both.
+- Every Resume is recorded in :attr:`QQSimulator.resumes` (outcome, events replayed, and
+  for a refusal the seq range the bot will never get), so tests count losses on the
+  platform's side, not from the gateway's own tables.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import inspect
 import json
+import os
 import secrets
+import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -56,6 +93,12 @@ EVENTS = {
     "dm": "DIRECT_MESSAGE_CREATE",
 }
 BOT_USER = {"id": "6158788878435714165", "username": "hermes-sim-bot"}
+DEFAULT_RESUME_WINDOW = 300.0
+"""Seconds a session stays resumable after its last connection closed (see the module
+docstring: the platform publishes no number)."""
+DEFAULT_REPLAY_LIMIT = 100_000
+"""Events held for replay per session."""
+RESUME_REFUSALS = ("close", "op9")
 
 
 @dataclass
@@ -106,13 +149,86 @@ class SimConnection:
     close_code: int | None = None
     """The code the bot closed with; None until closed (or if it closed without a frame)."""
     closed: bool = False
+    session: ServerSession | None = None
+    """The session this connection identified or resumed."""
 
 
 @dataclass
-class _ServerSession:
+class ServerSession:
+    """The platform's side of a session: its seq counter and the events held for Resume."""
+
     session_id: str
+    limit: int = DEFAULT_REPLAY_LIMIT
     seq: int = 0
-    buffer: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=5000))
+    """The last ``s`` the platform gave out in this session (events, READY, RESUMED)."""
+    buffer: deque[tuple[int, str]] = field(default_factory=deque)
+    """(seq, frame) of the events held for replay, in the order they were dispatched."""
+    held: int = 0
+    """Events ever held: a position in the stream that survives evictions."""
+    dropped_through: int = 0
+    """Highest seq dropped by the replay limit: a Resume from before it cannot be served."""
+    detached_at: float | None = None
+    """When the last connection attached to it closed (None while one is attached)."""
+    ended: bool = False
+    """The bot closed with 1000/1001: the session cannot be resumed."""
+
+    def hold(self, seq: int, frame: str) -> None:
+        if len(self.buffer) >= self.limit:
+            self.dropped_through = max(self.dropped_through, self.buffer.popleft()[0])
+        self.buffer.append((seq, frame))
+        self.held += 1
+
+    def events_after(self, seq: int) -> int:
+        return sum(1 for s, _ in self.buffer if s > seq)
+
+    def expired(self, now: float, window: float) -> bool:
+        return self.detached_at is not None and now - self.detached_at > window
+
+
+@dataclass
+class ResumeAttempt:
+    """One Resume (op 6) as the platform saw it."""
+
+    at: float
+    connection: int
+    session_id: Any
+    seq: Any
+    outcome: str
+    """``resumed``, or why not: ``unknown_session``, ``expired``, ``ended`` (4006),
+    ``seq_out_of_range`` (4007), ``malformed`` (op 9), ``auth`` (4004)."""
+    replayed: int = 0
+    """Events sent before RESUMED."""
+    missed: tuple[int, int] | None = None
+    """For a refused Resume of a known session: the seqs after ``seq`` the bot will never
+    get from it (first, last), when there are any."""
+    missed_events: int = 0
+    """Events among ``missed`` the platform still held (not counting READY/RESUMED)."""
+
+
+@dataclass
+class BurstReport:
+    """What one :meth:`QQSimulator.burst` did."""
+
+    ids: list[str]
+    first_seq: int
+    last_seq: int
+    written: int
+    """Events written to a live connection (the rest were only held for replay)."""
+
+
+@dataclass(frozen=True)
+class ReplyCensus:
+    """Accepted replies per message, for "every message answered exactly once"."""
+
+    messages: int
+    unanswered: list[str]
+    """Message ids with no accepted reply, in the order asked."""
+    repeated: dict[str, int]
+    """Message ids with more than one accepted reply, and how many."""
+
+    @property
+    def exactly_once(self) -> bool:
+        return not self.unanswered and not self.repeated
 
 
 class QQSimulator:
@@ -132,7 +248,24 @@ class QQSimulator:
         reply_windows: dict[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
         zombie: bool = False,
+        resume_window: float = DEFAULT_RESUME_WINDOW,
+        replay_limit: int = DEFAULT_REPLAY_LIMIT,
+        refuse_resume_with: str = "close",
+        client_close_ends_session: bool = True,
     ) -> None:
+        if not resume_window >= 0:
+            raise ValueError(
+                f"QQSimulator: resume_window must be >= 0 seconds, got {resume_window!r}"
+            )
+        if isinstance(replay_limit, bool) or not isinstance(replay_limit, int) or replay_limit < 1:
+            raise ValueError(
+                f"QQSimulator: replay_limit must be a whole number >= 1, got {replay_limit!r}"
+            )
+        if refuse_resume_with not in RESUME_REFUSALS:
+            raise ValueError(
+                f"QQSimulator: refuse_resume_with must be one of {', '.join(RESUME_REFUSALS)},"
+                f" got {refuse_resume_with!r}"
+            )
         self.app_id = app_id
         self.client_secret = client_secret
         self.heartbeat_interval = heartbeat_interval
@@ -150,7 +283,19 @@ class QQSimulator:
         self.connections: list[SimConnection] = []
         # Platform state.
         self.tokens: dict[str, float] = {}
-        self.session: _ServerSession | None = None
+        self.session: ServerSession | None = None
+        """The newest session: new events go to it."""
+        self.sessions: dict[str, ServerSession] = {}
+        """Every session ever started, by id (older ones stay resumable within the window)."""
+        self.resume_window = resume_window
+        self.replay_limit = replay_limit
+        self.refuse_resume_with = refuse_resume_with
+        """``close`` (4006/4007, as documented) or ``op9`` (op 9, d false, connection left open)."""
+        self.client_close_ends_session = client_close_ends_session
+        self.resumes: list[ResumeAttempt] = []
+        self.bursts: list[BurstReport] = []
+        self.replies: dict[str, int] = {}
+        """Accepted (HTTP 200) replies per ``msg_id``."""
         self.messages: dict[str, tuple[str, float]] = {}
         """Message ids dispatched to the bot: kind and when (for msg_id and the reply window)."""
         self.used_seqs: set[tuple[str, int]] = set()
@@ -175,6 +320,7 @@ class QQSimulator:
         self.handshakes = 0
         self.observer: Callable[[str], None] | None = None
         """Called with a one-line description of everything the bot does (for the CLI and demo)."""
+        self._after_sent: list[tuple[int, Callable[[], object]]] = []
         self._changed = asyncio.Condition()
         self._http: asyncio.Server | None = None
         self._ws_server: Server | None = None
@@ -326,7 +472,27 @@ class QQSimulator:
                 if rcvd is not None
                 else "no close frame from the bot"
             )
+            ended = self._detach(conn, bot_closed=bool(ws.protocol.close_rcvd_then_sent))
+            if ended:
+                how += "; that ends its session"
             await self._notify(f"connection #{conn.number} closed ({how})")
+
+    def _detach(self, conn: SimConnection, *, bot_closed: bool) -> bool:
+        """The connection is gone: its session's resume window starts once no other
+        connection holds it. Returns whether the bot ended the session by closing it."""
+        session = conn.session
+        if session is None:
+            return False
+        ended = (
+            bot_closed
+            and self.client_close_ends_session
+            and conn.close_code in (1000, 1001)
+            and not session.ended
+        )
+        session.ended = session.ended or ended
+        if not any(c.session is session and not c.closed for c in self.connections):
+            session.detached_at = self.clock()
+        return ended
 
     async def _client_frame(self, conn: SimConnection, raw: str | bytes) -> None:
         try:
@@ -370,7 +536,9 @@ class QQSimulator:
         if not (isinstance(shard, list) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
             await conn.ws.close(4010, "invalid shard")
             return
-        self.session = _ServerSession(str(uuid.uuid4()))
+        self.session = ServerSession(str(uuid.uuid4()), limit=self.replay_limit)
+        self.sessions[self.session.session_id] = self.session
+        conn.session = self.session
         self.session.seq += 1
         ready = {
             "op": 0,
@@ -391,38 +559,125 @@ class QQSimulator:
 
     async def _resume(self, conn: SimConnection, d: Any) -> None:
         if not isinstance(d, dict) or not self._token_ok(d.get("token"), gateway=True):
+            self.resumes.append(ResumeAttempt(self.clock(), conn.number, None, None, "auth"))
             await conn.ws.close(4004, "authentication failed")
             return
-        session = self.session
-        if session is None or d.get("session_id") != session.session_id:
-            await conn.ws.close(4006, "invalid session id, identify")
+        sid, seq = d.get("session_id"), d.get("seq")
+        attempt = ResumeAttempt(self.clock(), conn.number, sid, seq, "resumed")
+        self.resumes.append(attempt)
+        if not isinstance(sid, str) or isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            # Opcode table: op 9, on Identify or Resume "如果参数有错" (a parameter is wrong).
+            attempt.outcome = "malformed"
+            await self._refuse(conn, attempt, None, "op9", "malformed Resume")
             return
-        seq = d.get("seq")
-        if not isinstance(seq, int) or seq > session.seq:
-            await conn.ws.close(4007, "invalid seq")
+        session = self.sessions.get(sid)
+        # Error-code table: 4006 "无效的 session id" (invalid session id, cannot resume,
+        # identify); 4007 "seq 错误" (wrong seq). Both: resume no, identify yes.
+        if session is None:
+            attempt.outcome = "unknown_session"
+            await self._refuse(conn, attempt, None, 4006, "invalid session id, identify")
             return
+        now = self.clock()
+        if session.ended or session.expired(now, self.resume_window):
+            attempt.outcome = "ended" if session.ended else "expired"
+            await self._refuse(conn, attempt, session, 4006, "invalid session id, identify")
+            return
+        if seq > session.seq or seq < session.dropped_through:
+            # From the future, or from before the oldest event still held: replaying from
+            # there would skip events, so the platform refuses instead.
+            attempt.outcome = "seq_out_of_range"
+            await self._refuse(conn, attempt, session, 4007, "invalid seq")
+            return
+        conn.session = session
+        session.detached_at = None
         if conn.zombie:
             # Nothing replayed, and a RESUMED that does not move the bot's seq past what it
             # missed: a later, healthy resume still gets every event.
+            conn.ready = True
             await conn.ws.send(json.dumps({"op": 0, "s": seq, "t": "RESUMED", "d": ""}))
         else:
-            for s, text in list(session.buffer):
-                if s > seq:
-                    await conn.ws.send(text)
+            replayed = await self._replay(conn, session, seq)
+            if replayed is None:
+                attempt.outcome = "seq_out_of_range"
+                await conn.ws.close(4007, "invalid seq")
+                return
+            attempt.replayed = replayed
             session.seq += 1
+            # Ready before the RESUMED frame is written (send() writes it before it can
+            # yield): an event dispatched from now on follows RESUMED on this connection.
+            conn.ready = True
             await conn.ws.send(json.dumps({"op": 0, "s": session.seq, "t": "RESUMED", "d": ""}))
-        conn.ready = True
-        await self._notify(f"connection #{conn.number}: Resume from seq {seq} -> RESUMED")
+        await self._notify(
+            f"connection #{conn.number}: Resume from seq {seq} -> replayed"
+            f" {attempt.replayed} events, RESUMED"
+        )
+
+    async def _replay(self, conn: SimConnection, session: ServerSession, seq: int) -> int | None:
+        """Send every held event after ``seq``, including those dispatched meanwhile (the
+        connection is not ready yet, so :meth:`dispatch` only holds them). None if the
+        replay limit dropped some of them before they could be sent."""
+        frames = [frame for s, frame in session.buffer if s > seq]
+        sent = 0
+        while True:
+            mark = session.held
+            for frame in frames:
+                await conn.ws.send(frame)
+            sent += len(frames)
+            new = session.held - mark
+            if new == 0:
+                return sent
+            if new > len(session.buffer):
+                return None
+            frames = [frame for _, frame in list(session.buffer)[-new:]]
+
+    async def _refuse(
+        self,
+        conn: SimConnection,
+        attempt: ResumeAttempt,
+        session: ServerSession | None,
+        code: int | str,
+        reason: str,
+    ) -> None:
+        seq = attempt.seq
+        if session is not None and isinstance(seq, int) and session.seq > seq:
+            attempt.missed = (seq + 1, session.seq)
+            attempt.missed_events = session.events_after(seq)
+        how = "op 9" if code == "op9" or self.refuse_resume_with == "op9" else f"close {code}"
+        sid = attempt.session_id
+        what = f"session {sid[:8]}" if isinstance(sid, str) else "a session"
+        await self._notify(
+            f"connection #{conn.number}: Resume of {what} from seq {seq} refused"
+            f" ({attempt.outcome.replace('_', ' ')}) -> {how}"
+            + (
+                f"; seqs {attempt.missed[0]}..{attempt.missed[1]} ({attempt.missed_events}"
+                " events) will not be replayed"
+                if attempt.missed
+                else ""
+            )
+        )
+        if how == "op 9":
+            # The connection stays open: closing it is the bot's move.
+            await conn.ws.send('{"op":9,"d":false}')
+        else:
+            assert isinstance(code, int)
+            await conn.ws.close(code, reason)
 
     # -- scripting the gateway
 
     async def dispatch(
         self, t: str, d: Any, *, event_id: str | None = None, seq: int | None = None
     ) -> int:
-        """Send an event in the current session (buffered for replay when no connection is up).
+        """Send an event in the current session (held for replay in any case).
 
         ``seq`` forces a sequence number (duplicates, out of order); by default the next one.
         """
+        seq, _ = await self._dispatch(t, d, event_id, seq)
+        return seq
+
+    async def _dispatch(
+        self, t: str, d: Any, event_id: str | None, seq: int | None
+    ) -> tuple[int, bool]:
+        """The seq, and whether the event was written to a live connection."""
         session = self.session
         if session is None:
             raise RuntimeError("no session: the bot has not identified")
@@ -436,12 +691,81 @@ class QQSimulator:
             text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: only its JSON escape can go on the wire
             text = json.dumps(payload)
-        session.buffer.append((seq, text))
+        session.hold(seq, text)
         conn = self.current
-        if conn is not None and conn.ready and not conn.silent and not conn.zombie:
-            with contextlib.suppress(ConnectionClosed):
-                await conn.ws.send(text)
-        return seq
+        if (
+            conn is None
+            or conn.session is not session
+            or not conn.ready
+            or conn.silent
+            or conn.zombie
+        ):
+            return seq, False
+        try:
+            await conn.ws.send(text)
+        except ConnectionClosed:
+            return seq, False
+        return seq, True
+
+    # -- bursts
+
+    def after_sent(self, k: int, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (a function, or a coroutine function) once the next
+        :meth:`burst` has dispatched its ``k``-th event, before the next one: e.g. SIGKILL
+        the bot mid-burst. The burst goes on after it returns."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"after_sent: k must be a whole number >= 1, got {k!r}")
+        self._after_sent.append((k, callback))
+
+    async def burst(
+        self,
+        n: int,
+        *,
+        kind: str = "group",
+        chats: Iterable[str] | None = None,
+        text: str = "burst",
+        author: str = "user-1",
+    ) -> list[str]:
+        """Dispatch ``n`` message events of ``kind`` as fast as the connection takes them
+        (held for replay, and only held when no connection is up), to ``chats`` in turn;
+        returns their message ids in order. Hooks armed by :meth:`after_sent` fire here."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"burst: n must be a whole number >= 0, got {n!r}")
+        if kind not in EVENTS:
+            raise ValueError(f"burst: kind must be one of {', '.join(EVENTS)}, got {kind!r}")
+        targets = list(chats) if chats is not None else ["chat-1"]
+        if not targets:
+            raise ValueError("burst: chats must name at least one chat")
+        if self.session is None:
+            raise RuntimeError("no session: the bot has not identified")
+        hooks = sorted(self._after_sent, key=lambda hook: hook[0])
+        if hooks and hooks[-1][0] > n:
+            raise ValueError(f"burst: a hook waits for event {hooks[-1][0]} of a burst of {n}")
+        self._after_sent.clear()
+        event = EVENTS[kind]
+        ids: list[str] = []
+        written = 0
+        first_seq = last_seq = self.session.seq
+        for i in range(1, n + 1):
+            d = self.message_payload(
+                kind, f"{text} #{i}", author=author, chat=targets[(i - 1) % len(targets)]
+            )
+            self.messages[d["id"]] = (kind, self.clock())
+            last_seq, on_wire = await self._dispatch(event, d, None, None)
+            if i == 1:
+                first_seq = last_seq
+            written += on_wire
+            ids.append(d["id"])
+            while hooks and hooks[0][0] == i:
+                result = hooks.pop(0)[1]()
+                if inspect.isawaitable(result):
+                    await result
+            if i % 256 == 0:
+                # Let the HTTP side (the bot's replies) and the connections' readers run.
+                await asyncio.sleep(0)
+        self.bursts.append(BurstReport(ids, first_seq, last_seq, written))
+        await self._notify()
+        return ids
 
     def message_payload(
         self,
@@ -724,6 +1048,8 @@ class QQSimulator:
                 kind, target, body if isinstance(body, dict) else {}, headers, status, self.clock()
             )
         )
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("msg_id"), str):
+            self.replies[body["msg_id"]] = self.replies.get(body["msg_id"], 0) + 1
         return status, answer, True
 
     def _check_message(self, kind: str, body: Any) -> tuple[int, Any]:
@@ -768,6 +1094,25 @@ class QQSimulator:
     def replies_to(self, message_id: str) -> list[SentMessage]:
         return [m for m in self.sent if m.body.get("msg_id") == message_id and m.status == 200]
 
+    def reply_count(self, message_id: str) -> int:
+        """Replies the platform accepted (HTTP 200) for ``message_id``."""
+        return self.replies.get(message_id, 0)
+
+    def reply_census(self, message_ids: Iterable[str]) -> ReplyCensus:
+        """Which of ``message_ids`` got no accepted reply, and which more than one (one
+        dictionary lookup each: instant for tens of thousands)."""
+        unanswered: list[str] = []
+        repeated: dict[str, int] = {}
+        count = 0
+        for mid in message_ids:
+            count += 1
+            n = self.replies.get(mid, 0)
+            if n == 0:
+                unanswered.append(mid)
+            elif n > 1:
+                repeated[mid] = n
+        return ReplyCensus(count, unanswered, repeated)
+
 
 # -- ``hermes simulate qqbot``
 
@@ -786,11 +1131,59 @@ class Script:
     """Refuse connections this long after the first READY."""
     zombie_after: float = 0.0
     """Turn zombie (READY/RESUMED, then no ACK, no event) this long after the first READY."""
+    burst: int = 0
+    """Send this many group messages at once after the first READY."""
+    kill_pid: int = 0
+    """SIGKILL this process after the ``kill_after``-th event of the burst."""
+    kill_after: int = 0
+
+    def problems(self) -> list[str]:
+        """What is inconsistent, as command-line options."""
+        found = []
+        if (self.kill_pid or self.kill_after) and not (self.kill_pid and self.kill_after):
+            found.append("--kill-pid and --kill-after go together")
+        if self.kill_pid and not self.burst:
+            found.append("--kill-pid needs --burst: the process is killed mid-burst")
+        elif self.kill_after > self.burst > 0:
+            found.append(
+                f"--kill-after {self.kill_after} is beyond the burst of {self.burst} messages"
+            )
+        return found
+
+
+async def run_burst(sim: QQSimulator, script: Script, say: Callable[[str], None]) -> None:
+    """The scripted burst, and the kill in its middle."""
+    pid, k = script.kill_pid, script.kill_after
+    if pid:
+
+        def kill() -> None:
+            session = sim.session
+            seq = session.seq if session is not None else 0
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                say(f"burst: event {k} sent (seq {seq}); pid {pid} does not exist, nothing killed")
+            except PermissionError:
+                say(f"burst: event {k} sent (seq {seq}); not allowed to kill pid {pid}")
+            else:
+                say(f"burst: event {k} sent (seq {seq}); killed pid {pid} with SIGKILL")
+
+        sim.after_sent(k, kill)
+    say(f"burst: sending {script.burst} group messages")
+    await sim.burst(script.burst, kind="group")
+    report = sim.bursts[-1]
+    say(
+        f"burst: {len(report.ids)} group messages sent, seqs {report.first_seq}..{report.last_seq}:"
+        f" {report.written} written to a connection, {len(report.ids) - report.written}"
+        " held for replay only"
+    )
 
 
 async def run_script(sim: QQSimulator, script: Script, say: Callable[[str], None]) -> None:
     """Drive the simulator per ``script`` until cancelled."""
     await sim.wait_until(lambda: any(c.ready for c in sim.connections), float("inf"), "a bot")
+    if script.burst:
+        await run_burst(sim, script, say)
     loop = asyncio.get_running_loop()
     started = loop.time()
     sent = 0
@@ -868,6 +1261,7 @@ def prepare_flood(
             {"op": 0, "s": session.seq, "t": event, "id": f"{event}:{i}", "d": d},
             ensure_ascii=False,
         )
+        session.hold(session.seq, payload)  # the platform would replay it on Resume
         frames.append(ws_text_frame(payload.encode("utf-8")))
         sim.messages[d["id"]] = (kind, now)
         ids.append(d["id"])
