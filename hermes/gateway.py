@@ -298,12 +298,23 @@ class Gateway:
                         timedelta(seconds=self.config.runner.retention),
                         timedelta(seconds=self.config.outbox.retention),
                     )
+                    inbound = 0
+                    if self.runner is not None and self.runner.inbox is not None:
+                        inbound = await db.call(
+                            self.runner.inbox.prune,
+                            timedelta(seconds=self.config.inbox.retention),
+                        )
                 except DB_ERRORS as exc:
                     logger.warning("pruning old runs postponed: {}", describe_exception(exc))
                     next_prune = loop.time() + 60
                     continue
-                if runs or rows:
-                    logger.info("pruned {} old runs and {} settled outbox messages", runs, rows)
+                if runs or rows or inbound:
+                    logger.info(
+                        "pruned {} old runs, {} settled outbox messages and {} inbox rows",
+                        runs,
+                        rows,
+                        inbound,
+                    )
 
     # -- what the outbox and the runner need (hermes.jobrunner.outbox.Platforms)
 

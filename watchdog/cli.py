@@ -126,6 +126,7 @@ class StatusReport:
     platforms: list[dict[str, Any]] = field(default_factory=list)
     jobs: list[dict[str, Any]] = field(default_factory=list)
     outbox: dict[str, Any] | None = None
+    inbox: dict[str, Any] | None = None
 
 
 def _seconds(now: datetime, then: datetime | None) -> float | None:
@@ -140,6 +141,7 @@ def assess(
     jobs: Sequence[Mapping[str, Any]] = (),
     outbox: Mapping[str, Any] | None = None,
     process: tuple[bool | None, str] = (None, ""),
+    inbox: Mapping[str, Any] | None = None,
 ) -> StatusReport:
     """Turn stored rows into a verdict; pure, ``now`` is passed in.
 
@@ -147,10 +149,13 @@ def assess(
     gateway whose process is gone is dead at once, without waiting for its ticks to go stale.
     Besides the platforms: a route or job whose latest run failed, with at least
     ``JOB_FAILURES`` failures in the last hour, is degraded; so are outgoing messages that
-    failed in the last hour or a message pending for longer than ``STUCK_PENDING``."""
+    failed in the last hour or a message pending for longer than ``STUCK_PENDING``; and
+    inbound messages: a gap recorded in the last hour, or a stored message waiting for its
+    run for longer than ``STUCK_PENDING``."""
     report = _assess_platforms(instance, platforms, now, stale_after, process)
     report.jobs = [dict(j) for j in jobs]
     report.outbox = None if outbox is None else dict(outbox)
+    report.inbox = None if inbox is None else dict(inbox)
     if report.overall not in ("ok", "degraded"):
         return report
     problems = [
@@ -167,6 +172,19 @@ def assess(
         if oldest is not None and oldest > STUCK_PENDING:
             problems.append(
                 f"{outbox['pending']} outgoing messages pending, the oldest for {age(oldest)}"
+            )
+    if inbox is not None:
+        for p in inbox["platforms"]:
+            gap_age = _seconds(now, p.get("last_gap_at"))
+            if gap_age is not None and gap_age <= 3600:
+                problems.append(
+                    f"{p['platform']}: inbound gap {age(gap_age)} ago ({p['gaps']} on record): "
+                    f"{p.get('last_gap') or ''}".rstrip(": ")
+                )
+        waited = _seconds(now, inbox.get("oldest_waiting_at"))
+        if waited is not None and waited > STUCK_PENDING:
+            problems.append(
+                f"{inbox['waiting']} inbound messages waiting for a run, the oldest for {age(waited)}"
             )
     if not problems:
         return report
@@ -281,6 +299,14 @@ def _iso(value: Any) -> Any:
     return value
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return _iso(value)
+
+
 def report_json(report: StatusReport, error: str | None = None) -> str:
     doc = {
         "overall": report.overall,
@@ -295,6 +321,7 @@ def report_json(report: StatusReport, error: str | None = None) -> str:
         "platforms": [{k: _iso(v) for k, v in p.items()} for p in report.platforms],
         "jobs": [{k: _iso(v) for k, v in j.items()} for j in report.jobs],
         "outbox": None if report.outbox is None else {k: _iso(v) for k, v in report.outbox.items()},
+        "inbox": None if report.inbox is None else _jsonable(report.inbox),
     }
     return json.dumps(doc, indent=2, ensure_ascii=False)
 
@@ -380,6 +407,24 @@ def report_text(report: StatusReport) -> str:
             f"outbox: {waiting}, {box['sending']} sending; last hour: "
             f"{box['failed_recently']} failed, {box['expired_recently']} expired",
         ]
+    inbox = report.inbox
+    if inbox is not None:
+        oldest = _seconds(report.checked_at, inbox.get("oldest_waiting_at"))
+        waiting = f"{inbox['waiting']} waiting for a run" + (
+            f" (oldest {age(oldest)})" if oldest is not None else ""
+        )
+        lines += [
+            "",
+            f"inbox: {waiting}; last hour: {inbox['dead_recently']} dead; "
+            f"on record: {inbox['gaps']} gaps, {inbox['lost']} lost",
+        ]
+        for p in inbox["platforms"]:
+            if p["gaps"]:
+                lines.append(
+                    f"  {p['platform']}: last gap {local_time(p.get('last_gap_at'))}: {p.get('last_gap')}"
+                )
+            if p["lost"]:
+                lines.append(f"  {p['platform']}: {p['lost']} lost; last: {p.get('last_lost')}")
     return "\n".join(lines)
 
 
@@ -467,15 +512,16 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             store.platforms(),
             store.jobs_summary(hour_ago),
             store.outbox_summary(hour_ago),
+            store.inbox_summary(hour_ago),
         )
 
     try:
         store = _open(args, environ)
-        instance, platforms, jobs, outbox = store.read_consistently(lambda: read(store))
+        instance, platforms, jobs, outbox, inbox = store.read_consistently(lambda: read(store))
         process: tuple[bool | None, str] = (None, "")
         if instance is not None and instance.get("stopped_at") is None:
             process = gateway_process(instance["host"], instance["pid"], instance["started_at"])
-        report = assess(instance, platforms, now, args.stale_after, jobs, outbox, process)
+        report = assess(instance, platforms, now, args.stale_after, jobs, outbox, process, inbox)
         report.store = store.name
     except (StoreError, ConfigError, ValueError) as exc:
         report = StatusReport("unknown", UNKNOWN, f"UNKNOWN: {exc}", now)

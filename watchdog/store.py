@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
+    Integer,
+    String,
     Table,
     case,
     create_engine,
@@ -30,6 +32,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import column as sa_column
+from sqlalchemy import table as sa_table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
@@ -43,6 +47,7 @@ from sqlalchemy.exc import (
 
 from watchdog.exceptions import StoreError, StoreNotFound
 from watchdog.schema import (
+    UTCDateTime,
     fitted,
     gateway_instances,
     job_runs,
@@ -55,6 +60,27 @@ from watchdog.states import FAILED_RUNS
 SCHEMA_HEAD = "0003"
 RUNNER_SCHEMA = "0002"
 """The first revision with ``job_runs`` and ``outbox``."""
+INBOX_SCHEMA = "0003"
+"""The first revision with ``inbox`` and ``inbound_cursors``."""
+
+# The inbox's tables belong to the gateway (``hermes.inbox.schema``); supervision reads
+# them by their documented column names only, for ``status``.
+_inbox = sa_table(
+    "inbox",
+    sa_column("status", String),
+    sa_column("received_at", UTCDateTime),
+    sa_column("updated_at", UTCDateTime),
+)
+_cursors = sa_table(
+    "inbound_cursors",
+    sa_column("platform", String),
+    sa_column("gaps", Integer),
+    sa_column("gap_events", Integer),
+    sa_column("last_gap", String),
+    sa_column("last_gap_at", UTCDateTime),
+    sa_column("lost", Integer),
+    sa_column("last_lost", String),
+)
 ALEMBIC_LOCATION = "watchdog:migrations"
 
 T = TypeVar("T")
@@ -490,6 +516,36 @@ class StateStore:
             "failed_recently": int(settled.get("failed", 0)),
             "expired_recently": int(settled.get("expired", 0)),
             "oldest_pending_at": oldest,
+        }
+
+    def inbox_summary(self, since: datetime) -> dict[str, Any] | None:
+        """Inbound messages waiting for a run, dead since ``since``, and per platform the
+        gaps and losses on record; None before the inbox existed."""
+        rev = self._checked_revision or self.revision()
+        if (rev or "") < INBOX_SCHEMA:
+            return None
+        with self._reading() as conn:
+            waiting, oldest = conn.execute(
+                select(func.count(), func.min(_inbox.c.received_at)).where(
+                    _inbox.c.status == "received"
+                )
+            ).one()
+            dead = conn.execute(
+                select(func.count()).where(_inbox.c.status == "dead", _inbox.c.updated_at >= since)
+            ).scalar_one()
+            platforms = [
+                dict(r)
+                for r in conn.execute(
+                    select(_cursors).where((_cursors.c.gaps > 0) | (_cursors.c.lost > 0))
+                ).mappings()
+            ]
+        return {
+            "waiting": int(waiting),
+            "oldest_waiting_at": oldest,
+            "dead_recently": int(dead),
+            "gaps": sum(int(p["gaps"]) for p in platforms),
+            "lost": sum(int(p["lost"]) for p in platforms),
+            "platforms": platforms,
         }
 
     def transitions(

@@ -6,21 +6,21 @@ own tables alone.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.config import load_config
 from hermes.inbox.schema import inbound_cursors, inbox
 from tests.support.configs import write_config
 from tests.support.inprocess import gateway
-from tests.support.proc import GatewayProcess
+from tests.support.proc import HERMES_WATCHDOG, GatewayProcess, run_cli
 from tests.support.timing import t
 from watchdog.schema import job_runs, platform_transitions
 from watchdog.store import StateStore
@@ -65,6 +65,19 @@ def table(config: Path, t_: Any) -> list[dict[str, Any]]:
         store.close()
 
 
+def age_cursor(config: Path, seconds: float) -> None:
+    store = StateStore(load_config(config).database_url)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(
+                update(inbound_cursors).values(
+                    updated_at=datetime.now(UTC) - timedelta(seconds=seconds)
+                )
+            )
+    finally:
+        store.close()
+
+
 def accepted_replies(sim: QQSimulator) -> Counter[str]:
     """Replies the platform accepted, per message replied to."""
     return Counter(str(m.body.get("msg_id")) for m in sim.sent if m.status == 200)
@@ -82,23 +95,19 @@ def assert_each_exactly_once(config: Path, sim: QQSimulator, ids: list[str]) -> 
     assert {i: replies[i] for i in ids if replies[i] != 1} == {}
 
 
-async def test_a_burst_larger_than_every_queue_is_stored_and_answered_without_a_drop(
-    tmp_path, sim
-):
+async def test_a_burst_larger_than_every_queue_is_stored_and_answered_without_a_drop(tmp_path, sim):
     # Far more messages than the inbox may hold unstored (max_pending), than a batch, and
     # than the runner may hold in memory (max_concurrency + max_waiting).
     config = config_for(
         tmp_path,
         sim,
         inbox_table="[inbox]\nbatch = 50\nflush_after = 0.05\nmax_pending = 100\n"
-        "[runner]\nmax_concurrency = 4\nmax_waiting = 20\n",
+        "[runner]\nmax_concurrency = 8\nmax_waiting = 20\n",
     )
-    n = 1500
+    n = 1200
     async with gateway(config) as (gw, task):
         await sim.wait_ready(t(5))
-        ids = [
-            await sim.send_message("group", f"burst {i}", chat=f"G{i % 5}") for i in range(n)
-        ]
+        ids = await sim.burst(n, kind="group", chats=[f"G{i}" for i in range(40)])
         await sim.wait_until(
             lambda: len(accepted_replies(sim)) >= n, t(60), "every message answered"
         )
@@ -161,27 +170,30 @@ async def test_a_killed_gateway_resumes_from_its_stored_cursor_and_loses_nothing
     finally:
         await second.kill()
     assert_each_exactly_once(config, sim, ids)
-    assert [r for r in table(config, platform_transitions) if r["reason_code"] == "inbound_gap"] == []
+    assert [
+        r for r in table(config, platform_transitions) if r["reason_code"] == "inbound_gap"
+    ] == []
 
 
 @pytest.mark.parametrize("why", ["expired", "refused"])
 async def test_a_resume_that_cannot_be_made_is_recorded_as_an_inbound_gap(tmp_path, sim, why):
-    config = config_for(tmp_path, sim, resume_window=1.0 if why == "expired" else 300.0)
+    config = config_for(tmp_path, sim, resume_window=60.0)
     async with gateway(config) as (_gw, task):
         await sim.wait_ready(t(5))
         first = await sim.send_message("c2c", "stored")
         await sim.wait_until(lambda: accepted_replies(sim)[first] == 1, t(5), "answered")
     assert task.result() == 0
     if why == "expired":
-        await asyncio.sleep(1.1)  # the stored cursor ages past resume_window
+        age_cursor(config, 61.0)  # the stored cursor is older than resume_window
     else:
-        sim.session = None  # the platform has forgotten the session
+        assert sim.session is not None
+        sim.session.ended = True  # the platform has forgotten the session
     async with gateway(config) as (_gw, task):
         conn = await sim.wait_ready(t(5), count=2)
         later = await sim.send_message("c2c", "after the gap")
         await sim.wait_until(lambda: accepted_replies(sim)[later] == 1, t(5), "answered")
     assert task.result() == 0
-    assert conn.frames[0].op == 2 if why == "expired" else True
+    assert conn.frames[0].op == 2  # a new session
     (cursor,) = table(config, inbound_cursors)
     assert cursor["gaps"] == 1
     gaps = [r for r in table(config, platform_transitions) if r["reason_code"] == "inbound_gap"]
@@ -190,3 +202,9 @@ async def test_a_resume_that_cannot_be_made_is_recorded_as_an_inbound_gap(tmp_pa
     assert ("older than resume_window" if why == "expired" else "refused to resume") in gaps[0][
         "reason_message"
     ]
+    # What an operator reads: status counts it, history lists it.
+    status = run_cli(HERMES_WATCHDOG, "status", "--config", str(config))
+    assert "on record: 1 gaps, 0 lost" in status.stdout, status.stdout
+    assert "qq: last gap" in status.stdout
+    history = run_cli(HERMES_WATCHDOG, "history", "--config", str(config))
+    assert "inbound_gap" in history.stdout, history.stdout

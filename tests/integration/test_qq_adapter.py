@@ -592,14 +592,17 @@ async def test_the_incident_refused_connections_end_in_an_explicit_reconnect_exh
     await bot.stop()
 
 
-async def test_shutdown_closes_with_1000_and_leaves_no_task_behind(tmp_path):
+async def test_shutdown_keeps_the_session_resumable_and_leaves_no_task_behind(tmp_path):
     async with QQSimulator(heartbeat_interval=0.2) as sim:
         bot = Bot(sim, echo=True).start()
         await sim.wait_ready(t(5))
         mid = await sim.send_message("c2c", "bye")
         await sim.wait_until(lambda: sim.replies_to(mid), t(5), "echo")
         await bot.stop()
-        assert sim.connections[-1].close_code == 1000
+        # 1000 would end the session on the platform: a restart could not resume it.
+        assert sim.connections[-1].close_code == 4000
+        assert sim.session is not None
+        assert not sim.session.ended
         assert bot.record.declared is DeclaredState.STOPPED
         assert bot.adapter.tasks.pending() == []
     me = asyncio.current_task()
@@ -717,7 +720,7 @@ async def test_close_during_the_opening_handshake_still_stops_promptly(sim):
         await sim.wait_until(
             lambda: sim.connections and sim.connections[0].closed, t(3), "the connection closed"
         )
-        assert sim.connections[0].close_code == 1000
+        assert sim.connections[0].close_code == 4000  # resumable by the next process
         assert sim.connections[0].frames == []  # it never identified
         assert bot.record.declared is DeclaredState.STOPPED
     finally:

@@ -112,7 +112,7 @@ async def test_messages_flow_through_the_gateway_and_are_echoed(tmp_path, sim):
         ]
         await sim.wait_until(lambda: all(sim.replies_to(i) for i in ids), t(5), "four echoes")
     assert task.result() == 0
-    assert sim.connections[-1].close_code == 1000
+    assert sim.connections[-1].close_code == 4000  # the session stays resumable for a restart
     _, (row,), history = stored_for(config)
     assert row["declared_state"] == "stopped"
     assert [h["to_state"] for h in history if h["from_state"] != h["to_state"]] == [

@@ -207,8 +207,17 @@ def test_json_has_a_stable_shape(store_url):
         "platforms",
         "jobs",
         "outbox",
+        "inbox",
     }
     assert (doc["overall"], doc["exit_code"], doc["error"]) == ("fatal", 2, None)
+    assert set(doc["inbox"]) == {
+        "waiting",
+        "oldest_waiting_at",
+        "dead_recently",
+        "gaps",
+        "lost",
+        "platforms",
+    }
     assert {
         "id",
         "host",

@@ -201,7 +201,9 @@ class QQBotAdapter(Adapter):
         await super().close()
         ws = self._ws
         if ws is not None:
-            await ws.close(1000, "shutting down")
+            # Not 1000: that ends the session on the platform. 4000 leaves it resumable, so
+            # the next process (a restart) gets what arrives meanwhile replayed.
+            await ws.close(ZOMBIE_CLOSE_CODE, "shutting down; will resume")
 
     def give_up(self, code: str, message: str, *, retryable: bool) -> None:
         """Report an error this adapter cannot get past, before returning from :meth:`run`."""
@@ -347,7 +349,7 @@ class QQBotAdapter(Adapter):
                 self._ws = ws
                 try:
                     if self.closing():  # close() came while the handshake was under way
-                        await ws.close(1000, "shutting down")
+                        await ws.close(ZOMBIE_CLOSE_CODE, "shutting down; will resume")
                         return Outcome(retry, False, None, "closing")
                     return await self._run_connection(ws, conn)
                 finally:
@@ -442,7 +444,9 @@ class QQBotAdapter(Adapter):
                     # next Resume replays it; nothing more is read from this connection.
                     self.session.seq = seq_before
                     self._held = True
-                    await ws.close(ZOMBIE_CLOSE_CODE, "inbox full")
+                    # Dropped, not closed: a closing handshake would wait for a server busy
+                    # sending (a replay), and the session stays resumable either way.
+                    ws.transport.abort()
                     why = "the gateway's inbox is full: events left with the platform"
                     return (plan_after_backpressure(), why), became_ready, proof
             elif kind is Acked:
