@@ -44,6 +44,12 @@ FROZEN = "hermes-gateway-frozen.service"
 CLD_EXITED = "1"
 KILLED_OR_DUMPED = ("2", "3")
 SIGABRT = "6"
+SIGSEGV = "11"
+ABORTED = (SIGABRT, SIGSEGV)
+"""How a process that systemd sent SIGABRT ends: faulthandler writes every thread's stack,
+then re-raises SIGABRT. Walking the other threads' frames from a signal handler is not
+async-signal-safe, and now and then (about 1 run in 5 here) the dump itself faults: the
+process then dies of SIGSEGV instead, after the stacks it managed to write."""
 
 
 @dataclass
@@ -153,7 +159,7 @@ def test_an_escalation_whose_stop_hangs_is_killed_and_restarted_through_the_back
     final = booted.wait_failed(HUNG, "hung stops ended by the backstop, up to the start limit")
     assert int(final["NRestarts"]) == 2, final
     assert final["Result"] == "watchdog", final
-    assert final["ExecMainCode"] in KILLED_OR_DUMPED and final["ExecMainStatus"] == SIGABRT, final
+    assert final["ExecMainCode"] in KILLED_OR_DUMPED and final["ExecMainStatus"] in ABORTED, final
     assert final["StatusText"].startswith(
         f"stop hung for {after:g} s, WATCHDOG=trigger sent; escalation (exit 75):"
         " fatal: bot: adapter_exited"
