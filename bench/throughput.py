@@ -32,10 +32,11 @@ CLIENTS = REPO / "bench" / "clients"
 
 
 async def _client(
-    argv: list[str], sim: QQSimulator, count: int, reply: bool = False
+    argv: list[str], sim: QQSimulator, count: int, reply: bool = False, mode: str = ""
 ) -> asyncio.subprocess.Process:
+    mode = "reply" if reply else mode
     args = [*argv, sim.api_base, sim.token_url, sim.app_id, sim.client_secret, str(count)] + (
-        ["reply"] if reply else []
+        [mode] if mode else []
     )
     return await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=child_env()
@@ -52,10 +53,10 @@ async def _done(proc: asyncio.subprocess.Process, limit: float) -> float:
             return float(line.split()[2])
 
 
-async def receive_rate(client: list[str], count: int) -> float:
+async def receive_rate(client: list[str], count: int, mode: str = "") -> float:
     """Messages per second from the first byte written to the client's last message."""
     async with QQSimulator(heartbeat_interval=30) as sim:
-        proc = await _client(client, sim, count)
+        proc = await _client(client, sim, count, mode=mode)
         try:
             await sim.wait_ready(60)
             data, _ = prepare_flood(sim, "group", count)
@@ -193,6 +194,19 @@ def run(quick: bool = False) -> Section:
         asyncio.run(receive_rate([sys.executable, str(CLIENTS / "hermes_client.py")], count))
         for _ in range(repeats)
     ]
+    durable = [
+        asyncio.run(
+            receive_rate([sys.executable, str(CLIENTS / "hermes_client.py")], count, "durable")
+        )
+        for _ in range(repeats)
+    ]
+    s.add(
+        "hermes, durable receive (every message committed to the inbox, SQLite)",
+        f"{median(durable):,.0f}",
+        "",
+        "",
+    )
+    s.data.update(hermes_durable_receive=durable)
     rate, lat = asyncio.run(end_to_end_hermes(burst, steady))
     s.add(
         "hermes (durable: job_runs + outbox in SQLite)",
@@ -226,6 +240,11 @@ def run(quick: bool = False) -> Section:
             + "; lower latency: "
             + ("met" if median(lat) < median(blat) else "**MISSED**")
             + "."
+        )
+        dratio = median(durable) / median(theirs)
+        s.notes.append(
+            "Target: durable receive (stored in the inbox) at least as fast as botpy storing "
+            "nothing: " + ("met" if dratio >= 1.0 else "**MISSED**") + f" ({dratio:.2f}x)."
         )
         s.data.update(botpy_receive=theirs, botpy_e2e_rate=brate, botpy_latencies=blat)
     else:

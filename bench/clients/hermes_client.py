@@ -1,15 +1,17 @@
 """A QQ client for the throughput benchmark: hermes' QQ adapter, counting inbound messages.
 
-    python hermes_client.py API_BASE TOKEN_URL APP_ID SECRET COUNT [reply]
+    python hermes_client.py API_BASE TOKEN_URL APP_ID SECRET COUNT [reply|durable]
 
 Prints ``DONE <count> <monotonic>`` when COUNT
-messages were received and parsed (and, with ``reply``, each answered directly).
+messages were received and parsed (and, with ``reply``, each answered directly; with
+``durable``, each committed to the inbox of a new SQLite store, as in the gateway).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,13 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from loguru import logger
 
 from hermes.adapters.qqbot import QQBotAdapter, QQBotSettings
+from hermes.inbox.intake import InboxSettings, Intake, PlatformInbound
+from hermes.inbox.store import InboxStore, Stored
 from hermes.messages import InboundMessage, OutboundMessage
 from watchdog.heartbeat import HeartbeatBoard, PlatformPolicy
+from watchdog.store import StateStore, default_sqlite_url
 
 
 async def main() -> None:
     api_base, token_url, app_id, secret, count = sys.argv[1:6]
-    reply = len(sys.argv) > 6 and sys.argv[6] == "reply"
+    mode = sys.argv[6] if len(sys.argv) > 6 else ""
+    reply = mode == "reply"
     expected = int(count)
     logger.remove()
     board = HeartbeatBoard()
@@ -58,10 +64,36 @@ async def main() -> None:
             done.set()
 
     adapter.on_message = count_message
+    intake = None
+    if mode == "durable":
+        intake, store = await durable_inbox(tempfile.mkdtemp(prefix="hermes-bench-"))
+
+        def stored(rows: list[Stored]) -> None:
+            nonlocal received
+            received += len(rows)
+            if received >= expected:
+                print(f"DONE {received} {time.monotonic():.6f}", flush=True)
+                done.set()
+
+        intake.on_stored = stored
+        adapter.inbound = PlatformInbound(intake, "qq")
+        committer = asyncio.get_running_loop().create_task(intake.run(), name="bench:inbox")
     task = asyncio.get_running_loop().create_task(adapter.run(), name="bench:qq-adapter")
     await done.wait()
     await adapter.close()
     await asyncio.wait_for(task, 10)
+    if intake is not None:
+        committer.cancel()
+        intake.close()
+        store.close()
+
+
+async def durable_inbox(directory: str) -> tuple[Intake, StateStore]:
+    """The gateway's inbox on a new SQLite store: group commit on a thread of its own."""
+    store = StateStore(default_sqlite_url(directory))
+    store.migrate()
+    intake = Intake(InboxStore(store.engine, "bench"), InboxSettings(), on_stored=lambda rows: None)
+    return intake, store
 
 
 if __name__ == "__main__":
