@@ -15,11 +15,10 @@ from typing import Any
 
 from loguru import logger
 from sqlalchemy import Engine, and_, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from hermes.inbox.schema import inbound_cursors, inbox
 from hermes.messages import InboundMessage
-from watchdog.schema import fitted, platform_transitions
+from watchdog.schema import fitted, platform_transitions, storable
 from watchdog.store import is_row_error
 from watchdog.tasks import describe_exception
 
@@ -113,14 +112,18 @@ def message_of(row: Any) -> InboundMessage:
     )
 
 
-def _insert_ignore(dialect: str) -> Any:
-    if dialect == "postgresql":
-        return postgresql.insert(inbox).on_conflict_do_nothing(
-            index_elements=["platform", "event_id"]
-        )
-    if dialect == "sqlite":
-        return sqlite.insert(inbox).on_conflict_do_nothing(index_elements=["platform", "event_id"])
-    raise NotImplementedError(f"the inbox needs PostgreSQL or SQLite, not {dialect}")
+_COLUMNS = tuple(c.name for c in inbox.columns if c.name != "id")
+
+
+def _bind(value: Any, sqlite_: bool) -> Any:
+    """A value as its column type would bind it (see ``watchdog.schema``)."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, datetime):
+        value = value.astimezone(UTC)
+        # SQLite: SQLAlchemy's DATETIME text, UTC without an offset (UTCDateTime).
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds") if sqlite_ else value
+    return value
 
 
 class InboxStore:
@@ -178,12 +181,43 @@ class InboxStore:
         return self._committed(arrivals, inserted, lost)
 
     def _insert(self, conn: Any, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+        """Insert ``rows``, skipping events already stored; the ids of the new ones.
+
+        The receive path's one database cost, so it goes to the driver directly: values
+        converted once here exactly as the column types would (:func:`storable` text, UTC
+        times), one ``executemany``, and the new ids read back by event id. Through the ORM
+        layer's per-value processing it was about ten times slower."""
         if not rows:
             return {}
-        stmt = _insert_ignore(conn.dialect.name).returning(
-            inbox.c.id, inbox.c.platform, inbox.c.event_id
+        sqlite_ = conn.dialect.name == "sqlite"
+        mark = "?" if sqlite_ else "%s"
+        by_platform: dict[str, list[str]] = {}
+        for r in rows:
+            by_platform.setdefault(r["platform"], []).append(storable(r["event_id"]))
+        before = self._ids(conn, by_platform, mark)
+        sql = (
+            f"INSERT INTO inbox ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})"
+            " ON CONFLICT (platform, event_id) DO NOTHING"
         )
-        return {(r.platform, r.event_id): r.id for r in conn.execute(stmt, rows)}
+        conn.exec_driver_sql(sql, [tuple(_bind(r[c], sqlite_) for c in _COLUMNS) for r in rows])
+        after = self._ids(conn, by_platform, mark)
+        return {key: rid for key, rid in after.items() if key not in before}
+
+    @staticmethod
+    def _ids(
+        conn: Any, by_platform: Mapping[str, list[str]], mark: str
+    ) -> dict[tuple[str, str], int]:
+        found = {}
+        for platform, events in by_platform.items():
+            for i in range(0, len(events), 500):
+                chunk = events[i : i + 500]
+                sql = (
+                    f"SELECT id, event_id FROM inbox WHERE platform = {mark} "
+                    f"AND event_id IN ({', '.join([mark] * len(chunk))})"
+                )
+                for rid, event_id in conn.exec_driver_sql(sql, (storable(platform), *chunk)):
+                    found[(platform, event_id)] = int(rid)
+        return found
 
     @staticmethod
     def _committed(

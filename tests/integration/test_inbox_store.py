@@ -63,6 +63,18 @@ def test_a_batch_and_its_cursor_commit_together_and_a_replay_is_skipped(stores):
     assert m.message.text == "hello 0"
 
 
+def test_text_and_times_are_stored_as_every_other_column_stores_them(stores):
+    store, _ = stores
+    received = datetime(2026, 11, 30, 20, 0, 0, 123456, tzinfo=UTC)
+    a = arrival(1, text="a\x00b \ud800 ok", author_name="名字")
+    a.received_at = received
+    store.commit([a], {})
+    (row,) = rows(store)
+    assert (row["text"], row["author_name"]) == ("a\ufffdb \ufffd ok", "名字")
+    assert row["received_at"] == received
+    assert row["sent_at"] == datetime(2026, 11, 30, tzinfo=UTC)
+
+
 def test_a_row_the_database_refuses_is_counted_as_lost_and_its_neighbours_stored(stores):
     store, _ = stores
     bad = arrival(2, chat_kind=None)  # NOT NULL: this row's data, not an outage
