@@ -13,6 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+from loguru import logger
+
 from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.inbox.intake import INBOX_FULL, InboxSettings, Intake
 from hermes.inbox.schema import inbox
@@ -31,8 +34,8 @@ from watchdog.store import StateStore
 OUTAGE = 33.0
 """Seconds the database is down: 30 s or more, as the issue asks; 33 s is the outage it
 measured (120 of 129 messages lost then)."""
-CATCH_UP = 20.0
-"""Once the database is back, every message is answered within this (about 5 s here)."""
+CATCH_UP = 25.0
+"""Once the database is back, every message is answered within this (7 to 10 s here; 41 s when the retries slept up to 30 s)."""
 EVERY = 0.1
 """The simulator sends one message this often, before, during and after the outage."""
 MAX_PENDING = 100
@@ -62,10 +65,16 @@ def outage_config(directory: Path, sim: QQSimulator, url: str) -> Path:
     )
 
 
-async def test_a_30_s_database_outage_while_messages_flow_loses_and_repeats_nothing(
-    tmp_path: Path, sim: QQSimulator, own_pg: PgServer, notify_path: NotifyListener
+async def test_a_33_s_database_outage_while_messages_flow_loses_and_repeats_nothing(
+    tmp_path: Path,
+    sim: QQSimulator,
+    own_pg: PgServer,
+    notify_path: NotifyListener,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = outage_config(tmp_path, sim, own_pg.url)
+    logged: list[str] = []
+    sink = logger.add(lambda m: logged.append(m.record["message"]), level="INFO")
     sent: dict[str, list[str]] = {"before": [], "during": [], "after": []}
     phase = "before"
 
@@ -75,37 +84,40 @@ async def test_a_30_s_database_outage_while_messages_flow_loses_and_repeats_noth
             await asyncio.sleep(EVERY)  # the pace of the flow, not a wait for something
 
     loop = asyncio.get_running_loop()
-    async with gateway(config, notify_path) as (gw, task):
-        await sim.wait_ready(t(10))
-        sender = loop.create_task(keep_sending(), name="test:sender")
-        try:
-            await sim.wait_until(lambda: len(sim.replies) >= 10, t(10), "messages flowing")
-            await asyncio.to_thread(own_pg.stop, "fast")
-            phase = "during"
-            down_at = loop.time()
-            await notify_path.wait_for(
-                lambda d: "store failing" in d.fields.get("STATUS", ""),
-                t(10),
-                "the outage reported in STATUS=",
-                new=True,
+    try:
+        async with gateway(config, notify_path) as (gw, task):
+            await sim.wait_ready(t(10))
+            sender = loop.create_task(keep_sending(), name="test:sender")
+            try:
+                await sim.wait_until(lambda: len(sim.replies) >= 10, t(10), "messages flowing")
+                await asyncio.to_thread(own_pg.stop, "fast")
+                phase = "during"
+                down_at = loop.time()
+                await notify_path.wait_for(
+                    lambda d: "store failing" in d.fields.get("STATUS", ""),
+                    t(10),
+                    "the outage reported in STATUS=",
+                    new=True,
+                )
+                await asyncio.sleep(OUTAGE - (loop.time() - down_at))  # the outage itself
+                await asyncio.to_thread(own_pg.start)
+                up_at = loop.time()
+                phase = "after"
+                await asyncio.sleep(1.0)  # a few messages after it, too
+            finally:
+                sender.cancel()
+            ids = [i for part in sent.values() for i in part]
+            await sim.wait_until(
+                lambda: sim.reply_census(ids).exactly_once or bool(sim.reply_census(ids).repeated),
+                t(90),
+                "every message answered",
             )
-            await asyncio.sleep(OUTAGE - (loop.time() - down_at))  # the outage itself
-            await asyncio.to_thread(own_pg.start)
-            up_at = loop.time()
-            phase = "after"
-            await asyncio.sleep(1.0)  # a few messages after it, too
-        finally:
-            sender.cancel()
-        ids = [i for part in sent.values() for i in part]
-        await sim.wait_until(
-            lambda: sim.reply_census(ids).exactly_once or bool(sim.reply_census(ids).repeated),
-            t(90),
-            "every message answered",
-        )
-        caught_up = loop.time()
-        assert gw.intake is not None
-        refused = gw.intake.refused
-        escalation = gw.engine.escalation
+            caught_up = loop.time()
+            assert gw.intake is not None
+            refused = gw.intake.refused
+            escalation = gw.engine.escalation
+    finally:
+        logger.remove(sink)
     assert task.result() == 0
     assert escalation is None
     assert up_at - down_at >= OUTAGE
@@ -143,6 +155,11 @@ async def test_a_30_s_database_outage_while_messages_flow_loses_and_repeats_noth
     ]
     assert held, "the hold is on record"
     assert "state store, unavailable: OperationalError" in held[0]
+    # Reported once, not once a second: APScheduler polls its job store every second, and
+    # logged a three-line warning each time, for as long as the database was down.
+    assert [r for r in caplog.records if "Error getting due jobs" in r.getMessage()] == []
+    assert sum("scheduled jobs: state store unavailable" in m for m in logged) == 1
+    assert sum("scheduled jobs: state store works again" in m for m in logged) == 1
     print(f"outage {up_at - down_at:.1f} s, caught up {caught_up - up_at:.1f} s after it")
 
 
