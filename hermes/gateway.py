@@ -251,7 +251,9 @@ class Gateway:
         inbox = InboxStore(self.store.engine, self.instance_id)
         self.runner.inbox = inbox
         saved = await self.db.call(inbox.cursors)
-        self.intake = Intake(inbox, cfg.inbox, on_stored=self.runner.on_stored, saved=saved)
+        self.intake = Intake(
+            inbox, cfg.inbox, on_stored=self.runner.on_stored, saved=saved, board=self.board
+        )
         self._essential(self.intake.run(), "inbox:commit")
         self._essential(self.runner.poll_backlog(cfg.inbox.backlog_poll), "inbox:backlog")
         self._essential(self.outbox.run(), "outbox:delivery")

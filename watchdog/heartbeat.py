@@ -100,14 +100,27 @@ class PlatformRecord:
     dirty: bool = True
     """Changed since last handed to the store."""
     persisted_beat: float | None = None
+    held: Reason | None = None
+    """Set while the gateway itself keeps this platform from reading (backpressure: its
+    inbox cannot store more events), with why. The adapter cannot set it: the silence
+    meanwhile is the gateway's doing, so the platform is degraded for that reason, never
+    judged silent (see :meth:`HeartbeatBoard.hold`)."""
+    held_since: float | None = None
+    released_at: float | None = None
+    """Monotonic time the last hold ended: the adapter's allowance to prove life again
+    runs from here, as it would from the start of an attempt."""
 
     @property
     def alive_at(self) -> float:
-        """Where the silence is measured from: the last proof of life, or the start of the
-        current attempt if that is later (a fresh adapter instance gets one grace period;
-        a reconnect inside it gets none)."""
+        """Where the silence is measured from: the last proof of life, the start of the
+        current attempt, or the end of the gateway's last hold, whichever is latest (a fresh
+        adapter instance gets one grace period, as does one the gateway let read again;
+        a reconnect gets none)."""
         beat = self.last_beat
-        return self.attempt_started if beat is None else max(beat, self.attempt_started)
+        start = self.attempt_started
+        if self.released_at is not None:
+            start = max(start, self.released_at)
+        return start if beat is None else max(beat, start)
 
     @property
     def proven(self) -> bool:
@@ -260,6 +273,35 @@ class HeartbeatBoard:
         record.exit = exit
         record.dirty = True
         return True
+
+    # -- holds by the gateway (never by an adapter)
+
+    def hold(self, name: str, reason: Reason) -> None:
+        """The gateway keeps the platform from reading (its inbox is full: the store is down
+        or slow), so the platform's silence is not its adapter's: judged ``degraded`` with
+        ``reason`` until :meth:`release`. The platform is still judged on everything else
+        (a crash, an exit, a fatal error)."""
+        record = self._records.get(name)
+        if record is None:
+            return
+        if record.held is None:
+            record.held_since = self.clock_monotonic()
+            logger.bind(platform=name).warning("held by the gateway: {}", reason.message)
+        record.held = reason
+        record.dirty = True
+
+    def release(self, name: str) -> None:
+        """End a hold: from now the adapter has its usual allowance to prove life again."""
+        record = self._records.get(name)
+        if record is None or record.held is None:
+            return
+        now = self.clock_monotonic()
+        since = record.held_since if record.held_since is not None else now
+        logger.bind(platform=name).info("released by the gateway after {:.1f} s", now - since)
+        record.held = None
+        record.held_since = None
+        record.released_at = now
+        record.dirty = True
 
     # -- declarations
 

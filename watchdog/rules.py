@@ -23,6 +23,7 @@ class Verdict:
 
 OK = Verdict(Health.OK)
 DEGRADED = Verdict(Health.DEGRADED)
+_LIVE = (DeclaredState.STARTING, DeclaredState.CONNECTED, DeclaredState.RECONNECTING)
 
 
 def _failing(code: str, message: str) -> Verdict:
@@ -38,6 +39,10 @@ def judge(record: PlatformRecord, now: float, policy: PlatformPolicy) -> Verdict
     3. ``stopped`` declared although nobody asked it to stop;
     4. ``connected`` but no proof of life (a beat, or the start of the attempt) within the TTL;
     5. ``reconnecting`` or ``starting`` without proof of life for longer than allowed.
+
+    A platform the gateway holds (:meth:`~watchdog.heartbeat.HeartbeatBoard.hold`) is
+    ``degraded`` with the hold's reason instead of 4 and 5; after the hold, its allowances
+    run from the release.
 
     ``ok`` needs a beat within the TTL: a platform that has shown no proof of life for its
     TTL is never ``ok``, however often it reconnects.
@@ -59,8 +64,12 @@ def judge(record: PlatformRecord, now: float, policy: PlatformPolicy) -> Verdict
 
     # Silence runs from the last proof of life (a beat), across reconnects: declaring
     # ``connected`` or ``reconnecting`` again proves nothing and buys no fresh grace. Only a
-    # new attempt (a restart by the watchdog) starts a new grace period.
+    # new attempt (a restart by the watchdog), or the end of a hold, starts a new grace period.
     state = record.declared
+    if record.held is not None and state in _LIVE:
+        # The gateway keeps it from reading (its inbox is full: the store is down or slow).
+        # Silence now says nothing about the platform: reported, never restarted for it.
+        return Verdict(Health.DEGRADED, record.held)
     silent = now - record.alive_at
     if state is DeclaredState.CONNECTED:
         if silent > record.ttl:

@@ -137,7 +137,9 @@ class Inbound(Protocol):
        the event's inbox row, never ahead of it.
     2. When :meth:`offer` returns False, nothing was taken: stop reading, leave the event
        with the platform (do not advance your position past it), wait for :meth:`room`,
-       then continue from the last event that was taken. Never drop it.
+       then continue from the last event that was taken. Never drop it. Meanwhile the
+       gateway holds the platform (degraded, ``inbox_full``): the silence is not counted
+       against it. Once room returns, the usual allowances to prove life run from then.
     3. A platform that needs an acknowledgement (a long poll's offset) is acknowledged only
        after :meth:`committed`.
     4. At start, resume from :meth:`cursor` if the platform still allows it. When it

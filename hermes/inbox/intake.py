@@ -12,7 +12,9 @@ never runs ahead of the rows it covers.
 Backpressure, never a drop: at most ``max_pending`` events wait for their commit.
 When the store cannot keep up or is down, :meth:`Intake.offer` refuses the next
 event; the adapter then stops reading and leaves it with the platform (which
-replays it after the cursor), and waits for :meth:`Intake.room`.
+replays it after the cursor), and waits for :meth:`Intake.room`. Meanwhile the platform
+is held on the watchdog's board (``inbox_full``): its silence is the gateway's doing, so
+it is reported as degraded, never restarted or escalated for it.
 """
 
 from __future__ import annotations
@@ -31,10 +33,14 @@ from pydantic import Field
 from hermes.inbox.store import Arrival, Committed, Gap, InboxStore, SavedCursor, Stored, now_utc
 from hermes.jobrunner.ledger import DB_ERRORS, Outage
 from hermes.messages import InboundMessage
+from watchdog.heartbeat import HeartbeatBoard, Reason, clip_message
 from watchdog.settings import Duration, Section
 from watchdog.store import is_row_error
 from watchdog.tasks import describe_exception
 from watchdog.threads import DaemonWorker
+
+INBOX_FULL = "inbox_full"
+"""Reason code of a platform the gateway keeps from reading: the inbox is full."""
 
 
 class InboxSettings(Section):
@@ -70,8 +76,14 @@ class Intake:
         *,
         on_stored: Callable[[list[Stored]], None],
         saved: Mapping[str, SavedCursor] | None = None,
+        board: HeartbeatBoard | None = None,
     ) -> None:
         self.store = store
+        self.board = board
+        """Where a platform whose events are refused is held (and released with room):
+        its adapter stops reading then, which must not make it look dead."""
+        self._holding: set[str] = set()
+        self._store_error: str | None = None
         self.settings = settings
         self.on_stored = on_stored
         self.db = DaemonWorker("hermes-inbox")
@@ -104,6 +116,7 @@ class Intake:
         if len(self._pending) >= self.settings.max_pending:
             self._room.clear()
             self.refused += 1
+            self._hold(message.platform)
             return False
         arrival = Arrival(message, event_id or message.message_id, now_utc())
         self._pending.append(_Waiting(message.platform, arrival, cursor))
@@ -203,9 +216,11 @@ class Intake:
                     describe_exception(exc),
                 )
                 return False
+            self._store_error = describe_exception(exc)
             await asyncio.sleep(self.outage.failed(exc))
             return False
         self.outage.ok()
+        self._store_error = None
         for _ in range(n):
             self._pending.popleft()
         del self._gaps[: len(gaps)]
@@ -216,6 +231,7 @@ class Intake:
         self._commit_done.set()
         if len(self._pending) < self.settings.max_pending:
             self._room.set()
+            self._release()
         if done.stored:
             try:
                 self.on_stored(done.stored)
@@ -227,6 +243,33 @@ class Intake:
 
     def close(self) -> None:
         self.db.stop()
+
+    # -- holds: a platform told to stop reading is the gateway's doing, not the platform's
+
+    def _hold(self, platform: str) -> None:
+        if self.board is None:
+            return
+        # Every time, not once: a platform replaced by a reload meanwhile is a new record.
+        self._holding.add(platform)
+        store = f"unavailable: {self._store_error}" if self._store_error else "not keeping up"
+        self.board.hold(
+            platform,
+            Reason(
+                INBOX_FULL,
+                clip_message(
+                    f"the gateway's inbox is full ({self.settings.max_pending} events wait "
+                    f"for the state store, {store}): reading paused, the platform holds the rest"
+                ),
+                True,
+            ),
+        )
+
+    def _release(self) -> None:
+        if self.board is None:
+            return
+        for platform in sorted(self._holding):
+            self.board.release(platform)
+        self._holding.clear()
 
 
 class PlatformInbound:

@@ -646,9 +646,15 @@ def _insert_ignore(conn: Any, row: dict[str, Any]) -> Any:
 class Outage:
     """Tracks failing database calls in a loop: one log line when an outage starts, one when
     it ends, and a growing delay between attempts meanwhile. A failing database is reported,
-    never escalated: the platforms, the watchdog and the pings go on without it."""
+    never escalated: the platforms, the watchdog and the pings go on without it.
 
-    def __init__(self, what: str, *, initial: float = 0.5, maximum: float = 30.0) -> None:
+    The delay stays short (``maximum``, 2 s): these loops carry the messages (the inbox's
+    commits, the backlog, a run's end, the outbox), and every one of them must notice that
+    the store is back within seconds, not half a minute later with the platform held and
+    users waiting. An attempt on a database that is down costs little (refused at once, or
+    bounded by the connect timeout), and only the first failure and the recovery are logged."""
+
+    def __init__(self, what: str, *, initial: float = 0.5, maximum: float = 2.0) -> None:
         self.what = what
         self.initial = initial
         self.maximum = maximum

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from datetime import datetime
@@ -34,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from sqlalchemy import Engine
 
 from hermes.jobrunner.handlers import ActionSettings, parse_target
+from hermes.jobrunner.ledger import DB_ERRORS, Outage
 from watchdog.settings import Duration, NonNegativeDuration
 
 JOB_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -153,12 +155,44 @@ class LoopExecutor(BaseExecutor):  # type: ignore[misc]
         future.add_done_callback(done)
 
 
+class ReportedOutage(Exception):
+    """The job store's database failed, and :class:`Outage` has reported it already."""
+
+
+def _not_reported_again(record: logging.LogRecord) -> bool:
+    """Drop APScheduler's own warning for a failure already reported: it polls the job store
+    every second (the gateway wakes it to see ``hermes jobs`` changes), and would log a
+    three-line warning each time for as long as the database is down."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not any(isinstance(a, ReportedOutage) for a in args)
+
+
+class _JobStore(SQLAlchemyJobStore):  # type: ignore[misc]
+    """The job store, reporting a database outage as the gateway's other loops do: one line
+    when it starts, one when it ends."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine=engine)
+        self.outage = Outage("scheduled jobs")
+
+    def get_due_jobs(self, now: datetime) -> list[Any]:
+        try:
+            jobs: list[Any] = super().get_due_jobs(now)
+        except DB_ERRORS as exc:
+            self.outage.failed(exc)
+            raise ReportedOutage(str(exc)) from exc
+        self.outage.ok()
+        return jobs
+
+
 class JobScheduler:
     """The persistent scheduler of ``[[jobs]]``; its methods are called from worker threads."""
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, submit: Submit) -> None:
+        # The same function object each time: addFilter() then adds it once.
+        logging.getLogger("apscheduler.scheduler").addFilter(_not_reported_again)
         self.scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=engine)},
+            jobstores={"default": _JobStore(engine)},
             executors={"default": LoopExecutor(loop, submit)},
             job_defaults={"max_instances": 1},
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from hermes.adapters.qqbot.simulator import QQSimulator
+from tests.support.pgserver import PgServer, missing_reason
 
 
 @pytest.fixture
@@ -16,3 +17,20 @@ async def sim(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[QQSimulator]:
     async with QQSimulator(heartbeat_interval=0.2) as s:
         monkeypatch.setenv("QQ_SECRET", s.client_secret)
         yield s
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A PostgreSQL server of this test's own, running (``stop()`` and ``start()`` it for an
+    outage); always stopped and removed afterwards. Skipped where PostgreSQL's server
+    binaries are not installed."""
+    why = missing_reason()
+    if why is not None:
+        pytest.skip(f"no PostgreSQL server of the test's own: {why}")
+    server = PgServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()

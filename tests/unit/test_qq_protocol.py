@@ -28,6 +28,7 @@ from hermes.adapters.qqbot.protocol import (
     Unknown,
     Wait,
     decode,
+    plan_after_backpressure,
     plan_after_close,
     plan_after_invalid_session,
     plan_after_protocol_error,
@@ -407,6 +408,21 @@ def test_an_invalid_session_before_proof_counts_only_if_the_next_connection_prov
     assert [r.after(op7, None) is None for _ in range(4)] == [False] * 4
     assert r.failures == 3
     assert r.after(op7, None) is None
+
+
+def test_reconnects_the_gateway_asks_for_are_never_failures_nor_backed_off():
+    # After a database outage the platform replays more events than the inbox takes at
+    # once: round after round ends with the inbox full, each before RESUMED (no proof after
+    # it). The adapter waits for room first; then it resumes at once, every time.
+    r = reconnector(max_failures=2)
+    full = plan_after_backpressure()
+    assert [r.after(full, None) for _ in range(20)] == [0.0] * 20
+    assert r.failures == 0
+    # The count and the backoff of real failures are untouched by them.
+    assert r.after(Plan(Next.RESUME), None) == 1
+    assert r.after(full, None) == 0.0
+    assert r.after(Plan(Next.RESUME), None) == 2
+    assert r.failures == 2
 
 
 def test_a_requested_reconnect_is_immediate_once_then_backs_off():

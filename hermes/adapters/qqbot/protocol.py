@@ -349,6 +349,9 @@ class Plan:
     message: str = ""
     requested: bool = False
     """The server asked for this reconnect (op 7, op 9): not by itself a failure."""
+    by_gateway: bool = False
+    """The gateway ended the connection (its inbox was full), not the platform: never a
+    failure, and no backoff (the adapter waits for room instead)."""
 
     @property
     def clear_session(self) -> bool:
@@ -409,7 +412,7 @@ def plan_after_invalid_session(resumable: bool) -> Plan:
 def plan_after_backpressure() -> Plan:
     """The gateway could take no more events: resume once it can (the platform replays what
     was left with it). Asked for by the gateway, not a failure of the connection."""
-    return Plan(Next.RESUME, Wait.NONE, requested=True)
+    return Plan(Next.RESUME, Wait.NONE, by_gateway=True)
 
 
 def plan_after_zombie() -> Plan:
@@ -467,6 +470,12 @@ class Reconnector:
     ended had proven life, or if the next connection proves life; if neither did, it
     counts, one connection late, so that a server asking forever without proving life
     still runs out the count.
+
+    A connection the gateway ended (``plan.by_gateway``: its inbox was full) is no failure
+    at all and is resumed at once: it delivered events (the refused one is one), and the
+    adapter waited for room first, which only the store's progress brings. After a long
+    database outage the platform's replay can take many such rounds; none may count
+    towards ``max_failures`` or grow the backoff.
     """
 
     def __init__(
@@ -489,6 +498,9 @@ class Reconnector:
         ``proven_for``: seconds from READY/RESUMED to the connection's last proof of life;
         ``None`` if it showed none (a failed connection, or a zombie).
         """
+        if plan.by_gateway:
+            self.unconfirmed = 0  # it delivered an event: life
+            return 0.0
         if proven_for is not None:
             self.unconfirmed = 0  # life after a requested reconnect: the request was routine
             if proven_for >= self.stable_after:
