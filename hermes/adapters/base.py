@@ -144,6 +144,10 @@ class Inbound(Protocol):
        after :meth:`committed`.
     4. At start, resume from :meth:`cursor` if the platform still allows it. When it
        refuses, or the cursor is too old, report the events lost with :meth:`gap`.
+    5. A position the platform names only after it starts sending (QQ: the session id in
+       READY) leaves a window before it is stored. Store a marker with :meth:`note_cursor`
+       and wait for :meth:`committed` *before* asking for it; a start that finds the marker
+       reports a gap; withdraw it when leaving without the new position.
     """
 
     def offer(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -73,6 +74,8 @@ PRODUCTION_API = "https://api.sgroup.qq.com"
 REPLY_WINDOWS = {"c2c": 3600.0, "group": 300.0, "channel": 300.0, "dm": 300.0}
 """Passive-reply windows from the platform's documentation (seconds)."""
 PRODUCTION_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
+IDENTIFYING = "identifying_since"
+"""Key of the cursor stored before an Identify, until READY names the new session."""
 UNKNOWN_KINDS_MAX = 64
 """Distinct unknown opcodes and event types counted (and logged) one by one; the rest together."""
 
@@ -165,6 +168,9 @@ class QQBotAdapter(Adapter):
         self.inbound = LocalInbound(self, settings.handler_queue)
         self._held = False
         """An event was refused by the inbox (full): reconnect only once it has room."""
+        self._identifying = False
+        """The inbox holds an identify marker (see :meth:`_mark_identify`) and no READY
+        has replaced it with the new session yet."""
         self.zombie_detection = True
         """Tests turn this off to prove the watchdog catches a half-open socket by itself."""
         self.tasks = TaskRegistry()
@@ -220,6 +226,16 @@ class QQBotAdapter(Adapter):
             return
         cursor, saved_at = found
         sid, seq = cursor.get("session_id"), cursor.get("seq")
+        since = cursor.get(IDENTIFYING)
+        if since is not None and saved_at is not None:
+            # An earlier process asked for a new session and ended before its id was
+            # stored: whatever the platform sent that session cannot be resumed by anyone.
+            self.inbound.gap(
+                f"a process asked for a new session at {since} and ended before its session "
+                "id was stored: events the platform sent that session, if any, will not be "
+                "sent again"
+            )
+            return
         if not isinstance(sid, str) or not (seq is None or isinstance(seq, int)):
             return
         if saved_at is not None:
@@ -233,12 +249,43 @@ class QQBotAdapter(Adapter):
         self.session.session_id, self.session.seq = sid, seq
         self.log.info("resuming stored session {} after seq {}", sid, seq)
 
+    async def _mark_identify(self) -> bool:
+        """Before an Identify: store that a new session is being asked for, and wait until it
+        is stored; True if closing meanwhile.
+
+        The platform names the session only in READY and sends its events right after. A
+        process killed before its first commit after READY leaves no trace of the session,
+        and nobody can resume it: without this marker, its events would be lost silently.
+        With it, the next start finds the marker instead of a session and records the loss
+        as an inbound gap. Written once per new session, not once per attempt."""
+        if self._identifying or isinstance(self.inbound, LocalInbound):
+            return False  # already stored; or run on its own, with nothing stored at all
+        self.inbound.note_cursor(
+            {"session_id": None, "seq": None, IDENTIFYING: datetime.now(UTC).isoformat()}
+        )
+        self._identifying = True
+        return await self._until(self.inbound.committed())
+
+    def _withdraw_identify(self) -> None:
+        """Leaving without a new session (stopped, given up): no session to lose, so the
+        marker goes, and the next start records no gap for it."""
+        if self._identifying:
+            self._identifying = False
+            self.inbound.note_cursor({})
+
     async def _serve(self) -> None:
-        s = self.s
-        plan = Plan(Next.IDENTIFY)
-        auth_failures = 0
         self._resume_stored_session()
+        try:
+            await self._serve_loop()
+        finally:
+            self._withdraw_identify()
+
+    async def _serve_loop(self) -> None:
+        s = self.s
+        auth_failures = 0
         while not self.closing():
+            if not self.session.resumable and await self._mark_identify():
+                break
             outcome = await self._connect_once()
             if self.closing():
                 break
@@ -304,12 +351,16 @@ class QQBotAdapter(Adapter):
 
     async def _until_room(self) -> bool:
         """Wait for room in the inbox or for :meth:`close`; True if closing."""
-        room = asyncio.ensure_future(self.inbound.room())
+        return await self._until(self.inbound.room())
+
+    async def _until(self, event: Awaitable[None]) -> bool:
+        """Wait for ``event`` or for :meth:`close`, whichever is first; True if closing."""
+        waiting = asyncio.ensure_future(event)
         closing = asyncio.ensure_future(self._closing.wait())
         try:
-            await asyncio.wait({room, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiting, closing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            room.cancel()
+            waiting.cancel()
             closing.cancel()
         return self.closing()
 
@@ -462,8 +513,10 @@ class QQBotAdapter(Adapter):
                 became_ready = True
                 self.handle.declare(DeclaredState.CONNECTED)
                 if not action.resumed:  # type: ignore[union-attr]
-                    # A new session: a later start must not try to resume the old one.
+                    # A new session: a later start must not try to resume the old one. It
+                    # replaces the identify marker, in order with the events that follow.
                     self.inbound.note_cursor(self._cursor())
+                    self._identifying = False
                 self.log.info(
                     "session {} ({}), heartbeat every {:g} s",
                     "resumed" if action.resumed else "ready",  # type: ignore[union-attr]
