@@ -326,6 +326,12 @@ def report_json(report: StatusReport, error: str | None = None) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False)
 
 
+def _waiting(report: StatusReport, count: int, what: str, oldest_at: datetime | None) -> str:
+    """``"3 pending (oldest 2min)"``."""
+    oldest = _seconds(report.checked_at, oldest_at)
+    return f"{count} {what}" + (f" (oldest {age(oldest)})" if oldest is not None else "")
+
+
 def report_text(report: StatusReport) -> str:
     lines = [report.summary]
     inst = report.instance
@@ -398,10 +404,7 @@ def report_text(report: StatusReport) -> str:
         ]
     box = report.outbox
     if box is not None:
-        oldest = _seconds(report.checked_at, box.get("oldest_pending_at"))
-        waiting = f"{box['pending']} pending" + (
-            f" (oldest {age(oldest)})" if oldest is not None else ""
-        )
+        waiting = _waiting(report, box["pending"], "pending", box.get("oldest_pending_at"))
         lines += [
             "",
             f"outbox: {waiting}, {box['sending']} sending; last hour: "
@@ -409,9 +412,8 @@ def report_text(report: StatusReport) -> str:
         ]
     inbox = report.inbox
     if inbox is not None:
-        oldest = _seconds(report.checked_at, inbox.get("oldest_waiting_at"))
-        waiting = f"{inbox['waiting']} waiting for a run" + (
-            f" (oldest {age(oldest)})" if oldest is not None else ""
+        waiting = _waiting(
+            report, inbox["waiting"], "waiting for a run", inbox.get("oldest_waiting_at")
         )
         lines += [
             "",

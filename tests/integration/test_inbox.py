@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.config import load_config
 from hermes.inbox.schema import inbound_cursors, inbox
-from tests.support.configs import write_config
+from tests.support.configs import qq_platform, write_config
 from tests.support.inprocess import gateway
 from tests.support.proc import HERMES_WATCHDOG, GatewayProcess, run_cli
 from tests.support.timing import t
@@ -29,19 +29,9 @@ TICK = 0.1
 
 
 def qq(sim: QQSimulator, **extra: Any) -> dict[str, Any]:
-    return {
-        "adapter": "qqbot",
-        **sim.adapter_settings(
-            client_secret="env:QQ_SECRET",
-            reconnect_backoff=0.05,
-            reconnect_backoff_max=0.2,
-            hello_timeout=1.0,
-            # Reconnects the gateway asks for (inbox full) must not count as failures, but a
-            # long test of many reconnects should not hit the count by accident either.
-            reconnect_max_failures=50,
-        ),
-        **extra,
-    }
+    # Reconnects the gateway asks for (inbox full) do not count as failures, but a long test
+    # of many reconnects should not hit the count by accident either.
+    return qq_platform(sim, reconnect_max_failures=50, **extra)
 
 
 def config_for(

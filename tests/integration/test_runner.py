@@ -26,7 +26,7 @@ from hermes.adapters.qqbot.simulator import Fault, QQSimulator
 from hermes.config import load_config
 from hermes.gateway import Gateway
 from hermes.jobrunner.ledger import Ledger
-from tests.support.configs import write_config
+from tests.support.configs import qq_platform, write_config
 from tests.support.inprocess import gateway
 from tests.support.notify import NotifyListener
 from tests.support.proc import HERMES, GatewayProcess, run_cli
@@ -36,17 +36,7 @@ from watchdog.store import StateStore
 TICK = 0.1
 
 
-def qq(sim: QQSimulator, **extra: Any) -> dict[str, Any]:
-    return {
-        "adapter": "qqbot",
-        **sim.adapter_settings(
-            client_secret="env:QQ_SECRET",
-            reconnect_backoff=0.05,
-            reconnect_backoff_max=0.2,
-            hello_timeout=1.0,
-        ),
-        **extra,
-    }
+qq = qq_platform
 
 
 @asynccontextmanager

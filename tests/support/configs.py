@@ -10,6 +10,21 @@ from typing import Any
 SCRIPTED = "tests.scripted:ScriptedAdapter"
 
 
+def qq_platform(sim: Any, **extra: Any) -> dict[str, Any]:
+    """A ``qqbot`` platform table for the simulator ``sim``, reconnecting quickly; its secret
+    in ``QQ_SECRET`` (the ``sim`` fixture sets it)."""
+    return {
+        "adapter": "qqbot",
+        **sim.adapter_settings(
+            client_secret="env:QQ_SECRET",
+            reconnect_backoff=0.05,
+            reconnect_backoff_max=0.2,
+            hello_timeout=1.0,
+        ),
+        **extra,
+    }
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
