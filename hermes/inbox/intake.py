@@ -12,7 +12,8 @@ never runs ahead of the rows it covers.
 Backpressure, never a drop: at most ``max_pending`` events wait for their commit.
 When the store cannot keep up or is down, :meth:`Intake.offer` refuses the next
 event; the adapter then stops reading and leaves it with the platform (which
-replays it after the cursor), and waits for :meth:`Intake.room`. Meanwhile the platform
+replays it after the cursor), and waits for :meth:`Intake.room`, which comes once
+half of ``max_pending`` has been stored. Meanwhile the platform
 is held on the watchdog's board (``inbox_full``): its silence is the gateway's doing, so
 it is reported as degraded, never restarted or escalated for it.
 """
@@ -113,7 +114,8 @@ class Intake:
         self, message: InboundMessage, cursor: dict[str, Any] | None, event_id: str | None = None
     ) -> bool:
         """Take one event for the inbox; False (nothing taken) when no room is left."""
-        if len(self._pending) >= self.settings.max_pending:
+        if not self._room.is_set() or len(self._pending) >= self.settings.max_pending:
+            # Full, or not yet drained to half since it was: see ``_commit_once``.
             self._room.clear()
             self.refused += 1
             self._hold(message.platform)
@@ -186,12 +188,14 @@ class Intake:
             if not self._pending and not self._gaps:
                 self._arrived.clear()
 
-    async def flush(self) -> None:
-        """Commit everything waiting now (at stop); an outage leaves it unstored, and the
-        platform's replay after the stored cursor brings it back."""
-        while self._pending or self._gaps:
+    async def flush(self, batches: int | None = None) -> None:
+        """Commit everything waiting now (at stop), or at most ``batches`` batches; an outage
+        leaves it unstored, and the platform's replay after the stored cursor brings it back."""
+        done = 0
+        while (self._pending or self._gaps) and (batches is None or done < batches):
             if not await self._commit_once(retry=False):
                 return
+            done += 1
 
     async def _commit_once(self, *, retry: bool = True) -> bool:
         n = min(len(self._pending), self.settings.batch)
@@ -229,7 +233,10 @@ class Intake:
         self.replayed += done.replayed
         self.lost += done.lost
         self._commit_done.set()
-        if len(self._pending) < self.settings.max_pending:
+        if len(self._pending) <= self.settings.max_pending // 2:
+            # Room again only once half has drained: every reopening costs the platform a
+            # replay of everything after the cursor, so reopening after each batch would
+            # make a long backlog's traffic grow with its square.
             self._room.set()
             self._release()
         if done.stored:

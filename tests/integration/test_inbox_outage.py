@@ -210,3 +210,34 @@ async def test_a_platform_whose_events_the_inbox_refuses_is_held_until_there_is_
     finally:
         intake.close()
         state.close()
+
+
+async def test_room_comes_back_only_once_half_the_inbox_has_drained(tmp_path: Path) -> None:
+    """Each reopening costs the platform a replay of everything after the cursor: reopening
+    after every batch made a long backlog's traffic grow with its square."""
+    state = StateStore(f"sqlite:///{tmp_path / 'hermes.db'}")
+    state.migrate()
+    board = HeartbeatBoard()
+    record = board.register("qq", "qqbot", required=True, policy=PlatformPolicy())
+    intake = Intake(
+        InboxStore(state.engine, "instance-1"),
+        InboxSettings(max_pending=6, batch=2),
+        on_stored=lambda rows: None,
+        board=board,
+    )
+    try:
+        for n in range(6):
+            assert intake.offer(message(n), {"seq": n})
+        assert not intake.offer(message(6), {"seq": 6})
+        assert held(record) is not None
+        await intake.flush(batches=1)  # 4 still wait: more than half
+        assert intake.pending == 4
+        assert not intake.offer(message(6), {"seq": 6})
+        assert held(record) is not None
+        await intake.flush(batches=1)  # 2 wait: half has drained
+        assert intake.pending == 2
+        assert held(record) is None
+        assert intake.offer(message(6), {"seq": 6})
+    finally:
+        intake.close()
+        state.close()
