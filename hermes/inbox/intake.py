@@ -31,8 +31,8 @@ from typing import Annotated, Any
 from loguru import logger
 from pydantic import Field
 
-from hermes.inbox.store import Arrival, Committed, Gap, InboxStore, SavedCursor, Stored, now_utc
-from hermes.jobrunner.ledger import DB_ERRORS, Outage
+from hermes.inbox.store import Arrival, Committed, Gap, InboxStore, SavedCursor, Stored
+from hermes.jobrunner.ledger import DB_ERRORS, Outage, now_utc
 from hermes.messages import InboundMessage
 from watchdog.heartbeat import HeartbeatBoard, Reason, clip_message
 from watchdog.settings import Duration, Section

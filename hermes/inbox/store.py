@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import Engine, and_, delete, func, select, update
+from sqlalchemy import Engine, and_, delete, select, update
 
 from hermes.inbox.schema import inbound_cursors, inbox
+from hermes.jobrunner.ledger import now_utc
 from hermes.messages import InboundMessage
 from watchdog.schema import fitted, platform_transitions, storable
 from watchdog.store import is_row_error
@@ -24,10 +25,6 @@ from watchdog.tasks import describe_exception
 
 INBOUND_GAP = "inbound_gap"
 """Reason code of a transition recording events the platform will not send again."""
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(slots=True)
@@ -323,11 +320,6 @@ class InboxStore:
                 .where(and_(inbox.c.id.in_(ids), inbox.c.status == "received"))
                 .values(status="skipped", updated_at=now_utc())
             )
-
-    def counts(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status))
-            return {r[0]: int(r[1]) for r in rows}
 
     def prune(self, retention: timedelta) -> int:
         """Delete settled rows (handled, skipped, dead) older than ``retention``."""

@@ -184,72 +184,61 @@ class JobRunner:
             if self.backlog:
                 self._backlog_wake.set()
 
-    async def _route_run(
-        self, route: Route, message: InboundMessage, inbox_id: int | None = None
-    ) -> None:
+    async def _route_run(self, route: Route, message: InboundMessage, inbox_id: int) -> None:
         try:
-            await self._route_run_in_slot(route, message, inbox_id)
+            async with self._slot(route.limit):
+                await self._route_run_in_slot(route, message, inbox_id)
         finally:
-            if inbox_id is not None:
-                self._in_flight.discard(inbox_id)
+            self._in_flight.discard(inbox_id)
 
     async def _route_run_in_slot(
-        self, route: Route, message: InboundMessage, inbox_id: int | None
+        self, route: Route, message: InboundMessage, inbox_id: int
     ) -> None:
-        async with self._slot(route.limit):
-            if self.stopping:
-                return  # still received in the inbox: the next start takes it
-            try:
-                run_id = await self.db.call(
-                    self.ledger.start_run,
-                    kind="route",
-                    name=route.name,
-                    trigger="message",
-                    platform=message.platform,
-                    message_id=message.message_id,
-                    inbox_id=inbox_id,
-                )
-            except DB_ERRORS as exc:
-                log = logger.bind(platform=message.platform)
-                if inbox_id is None:
-                    log.error(
-                        "message {} not handled: its run cannot be recorded: {}",
-                        message.message_id,
-                        describe_exception(exc),
-                    )
-                    return
-                # Stored, so not lost: it waits in the inbox for the backlog poll.
-                log.warning(
-                    "message {} waits in the inbox: its run cannot be recorded now: {}",
-                    message.message_id,
-                    describe_exception(exc),
-                )
-                self.backlog = True
-                return
-            if run_id is None:
-                return  # another run has this inbox row
-            again = route.settings.on_crash == "retry"
-            result = await self._execute_recorded(
-                run_id,
-                route.name,
-                route.settings.timeout,
-                lambda: handle(route, message, run_id, self.environ),
-                again=again,
+        if self.stopping:
+            return  # still received in the inbox: the next start takes it
+        try:
+            run_id = await self.db.call(
+                self.ledger.start_run,
+                kind="route",
+                name=route.name,
+                trigger="message",
+                platform=message.platform,
+                message_id=message.message_id,
+                inbox_id=inbox_id,
             )
-            replies = []
-            if result.reply:
-                replies.append(
-                    Outgoing(
-                        key=f"run:{run_id}:reply",
-                        platform=message.platform,
-                        chat_kind=message.chat_kind,
-                        chat_id=message.chat_id,
-                        text=result.reply,
-                        reply_to=message.message_id,
-                        expires_at=self._reply_deadline(message),
-                    )
+        except DB_ERRORS as exc:
+            # Stored, so not lost: it waits in the inbox for the backlog poll.
+            logger.bind(platform=message.platform).warning(
+                "message {} waits in the inbox: its run cannot be recorded now: {}",
+                message.message_id,
+                describe_exception(exc),
+            )
+            self.backlog = True
+            return
+        if run_id is None:
+            return  # another run has this inbox row
+        again = route.settings.on_crash == "retry"
+        result = await self._execute_recorded(
+            run_id,
+            route.name,
+            route.settings.timeout,
+            lambda: handle(route, message, run_id, self.environ),
+            again=again,
+        )
+        replies = []
+        if result.reply:
+            replies.append(
+                Outgoing(
+                    key=f"run:{run_id}:reply",
+                    platform=message.platform,
+                    chat_kind=message.chat_kind,
+                    chat_id=message.chat_id,
+                    text=result.reply,
+                    reply_to=message.message_id,
+                    expires_at=self._reply_deadline(message),
                 )
-            await self._finish(run_id, result, replies)
+            )
+        await self._finish(run_id, result, replies)
 
     def _reply_deadline(self, message: InboundMessage) -> datetime | None:
         adapter = self.platforms.adapter(message.platform)
