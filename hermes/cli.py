@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SIGKILL this process mid-burst (with --kill-after)",
     )
     qq.add_argument(
+        "--kill-pid-file",
+        default="",
+        metavar="PATH",
+        help="... or the process whose pid this file holds when the kill is due",
+    )
+    qq.add_argument(
         "--kill-after",
         type=_positive_int,
         default=0,
@@ -220,6 +226,7 @@ def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
         args.zombie_after,
         burst=args.burst,
         kill_pid=args.kill_pid,
+        kill_pid_file=args.kill_pid_file,
         kill_after=args.kill_after,
     )
     problems = script.problems()

@@ -1,9 +1,13 @@
-"""``make demo``: a gateway on the QQ simulator; messages flow, then the platform goes silent.
+"""``make demo``: a gateway on the QQ simulator; a crash mid-burst, then the platform goes silent.
 
 Two processes, as an operator would run them: ``hermes simulate qqbot`` (the local
 stand-in for the QQ open platform) and ``hermes run`` with a ``qqbot`` platform pointed
-at it, on an embedded SQLite store. The simulator sends a group message every second
-and the gateway echoes it. Then the simulator goes silent: the connection stays open
+at it, on an embedded SQLite store. As soon as the bot is READY the simulator sends a
+burst of group messages and SIGKILLs the gateway in the middle of it; the demo starts the
+gateway again (as systemd's ``Restart=`` would), it resumes from its stored cursor, the
+simulator replays what the dead process never stored, and the simulator's own census
+shows every message answered exactly once. Then a group message every second, echoed;
+then the simulator goes silent: the connection stays open
 but nothing flows, and new connections never get a Hello. The adapter notices the
 missing heartbeat ACKs, reconnects into silence until its reconnect budget is spent,
 the watchdog restarts it once, then marks it fatal in SQL, stops the systemd pings
@@ -66,6 +70,7 @@ restart_backoff = {backoff}
 
 [[routes]]                             # every message: the reply is its own text
 handler = "echo"
+on_crash = "retry"                     # echoing twice is harmless: a run a kill cut off runs again
 """
 
 _print_lock = threading.Lock()
@@ -100,9 +105,16 @@ def listen(sock: socket.socket, stop: threading.Event) -> None:
         say(f"   systemd  <- {data.replace(chr(10), ' ')}")
 
 
+BURST, KILL_AFTER = 1000, 300
+CENSUS = threading.Event()
+"""Set when the simulator has reported its census of the burst's replies."""
+
+
 def pump(stream: IO[str], prefix: str) -> None:
     for line in stream:
         say(f"{prefix}{line.rstrip()}")
+        if "burst: census" in line:
+            CENSUS.set()
 
 
 def cli(*args: str, cwd: Path) -> int:
@@ -117,7 +129,7 @@ def cli(*args: str, cwd: Path) -> int:
 
 
 def start(
-    argv: list[str], cwd: Path, env: dict[str, str], prefix: str
+    argv: list[str], cwd: Path, env: dict[str, str], prefix: str, pid_file: Path | None = None
 ) -> tuple[subprocess.Popen[str], threading.Thread]:
     proc = subprocess.Popen(
         argv,
@@ -129,6 +141,8 @@ def start(
         text=True,
     )
     assert proc.stdout is not None
+    if pid_file is not None:
+        pid_file.write_text(f"{proc.pid}\n")
     reader = threading.Thread(
         target=pump, args=(proc.stdout, prefix), name=f"demo-output-{prefix.strip()}", daemon=True
     )
@@ -151,24 +165,35 @@ def main() -> int:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir()
-    banner("hermes-gateway demo: a QQ bot, then a platform that goes silent")
-    say("1. the simulator sends a group message every second; the gateway echoes it;")
-    say("2. then the simulator goes silent: the socket stays open, nothing flows;")
-    say("3. the adapter sees heartbeat ACKs missing, reconnects into silence, gives up")
+    banner("hermes-gateway demo: a crash mid-burst, then a platform that goes silent")
+    say(f"1. the simulator sends a burst of {BURST} group messages and SIGKILLs the gateway")
+    say(f"   after message {KILL_AFTER}; the gateway is started again, resumes its session from")
+    say("   the cursor stored with its inbox, and the platform replays what it never stored:")
+    say("   the simulator counts every message answered exactly once;")
+    say("2. the simulator sends a group message every second; the gateway echoes it;")
+    say("3. then the simulator goes silent: the socket stays open, nothing flows;")
+    say("4. the adapter sees heartbeat ACKs missing, reconnects into silence, gives up")
     say("   (qq_reconnect_exhausted); the watchdog restarts it once, then marks it fatal,")
     say("   stops the systemd pings and exits 75 so that systemd restarts the unit.")
 
     ready_file = root / "simulator.json"
+    pid_file = root / "gateway.pid"
     env = dict(os.environ)
     sim_argv = [
         str(BIN / "hermes"), "simulate", "qqbot",
         "--heartbeat-interval", s(1.0),
         "--message-every", s(1.0),
         "--message-kind", "group",
+        "--burst", str(BURST),
+        "--kill-pid-file", str(pid_file),
+        "--kill-after", str(KILL_AFTER),
         "--silent-after", s(6.0),
         "--ready-file", str(ready_file),
     ]  # fmt: skip
-    banner("$ hermes simulate qqbot --message-every 1s --silent-after 6s ...")
+    banner(
+        f"$ hermes simulate qqbot --burst {BURST} --kill-after {KILL_AFTER} --message-every 1s"
+        " --silent-after 6s ..."
+    )
     sim, sim_reader = start(sim_argv, root, env, "   simulator | ")
     gateway: subprocess.Popen[str] | None = None
     notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -199,11 +224,21 @@ def main() -> int:
             NOTIFY_SOCKET=str(notify_path),
             WATCHDOG_USEC=str(int(10_000_000 * max(SPEED, 0.5))),
         )
+        run = [str(BIN / "hermes"), "run", "--config", str(config)]
         banner("$ hermes run --config .demo/gateway.toml")
-        gateway, gw_reader = start(
-            [str(BIN / "hermes"), "run", "--config", str(config)], root, gw_env, "   gateway   | "
-        )
-        time.sleep(4.5 * SPEED)  # messages are flowing now: look from outside
+        gateway, gw_reader = start(run, root, gw_env, "   gateway   | ", pid_file)
+        try:
+            code = gateway.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            say("demo: the simulator did not kill the gateway mid-burst")
+            return 1
+        gw_reader.join(timeout=5)
+        banner(f"gateway died ({code}): started again, as systemd's Restart= would")
+        gateway, gw_reader = start(run, root, gw_env, "   gateway   | ", pid_file)
+        if not CENSUS.wait(timeout=180):
+            say("demo: the simulator reported no census of the burst")
+            return 1
+        time.sleep(2.5 * SPEED)  # messages are flowing now: look from outside
         cli("status", "--config", str(config), cwd=root)
         try:
             code = gateway.wait(timeout=180 * max(SPEED, 0.25))

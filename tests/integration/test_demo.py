@@ -1,4 +1,5 @@
-"""``make demo`` keeps telling its story: echoes, silence, reconnects, restart, fatal, escalation."""
+"""``make demo`` keeps telling its story: a crash mid-burst and the replay, echoes, silence,
+reconnects, restart, fatal, escalation."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def test_the_demo_shows_the_watchdog_catching_a_silent_platform(tmp_path):
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "systemd  <- READY=1" in out
+    # The crash mid-burst: killed, started again, resumed; the simulator counts the replies.
+    assert "burst: event 300 sent (seq 301); killed pid" in out
+    assert "== gateway died (-9): started again" in out
+    assert out.count("systemd  <- READY=1") >= 2
+    assert "replayed" in out.split("gateway died", 1)[1]
+    assert "burst: census after" in out
+    assert "1000 answered exactly once, 0 unanswered, 0 answered more than once" in out
     assert "message to group chat-1: 'hello #1 from the simulator' -> HTTP 200" in out
     assert "zombie connection" in out
     assert out.count("giving up: qq_reconnect_exhausted") == 2

@@ -197,6 +197,12 @@ async def test_the_simulator_cli_kills_a_bot_mid_burst_and_a_resume_gets_the_res
         (["--kill-pid", "999999999"], "--kill-pid and --kill-after go together"),
         (["--kill-pid", "999999999", "--kill-after", "5"], "--kill-pid needs --burst"),
         (["--burst", "3", "--kill-pid", "1", "--kill-after", "5"], "--kill-after 5 is beyond"),
+        (["--kill-pid-file", "gw.pid"], "--kill-pid-file and --kill-after go together"),
+        (["--kill-pid-file", "gw.pid", "--kill-after", "5"], "--kill-pid-file needs --burst"),
+        (
+            ["--burst", "9", "--kill-pid", "1", "--kill-pid-file", "gw.pid", "--kill-after", "5"],
+            "--kill-pid and --kill-pid-file exclude each other",
+        ),
         (["--burst", "0"], "--burst: expected a whole number >= 1, got '0'"),
         (["--replay-limit", "many"], "--replay-limit: expected a whole number >= 1, got 'many'"),
         (["--resume-window", "soon"], "--resume-window: expected a duration"),

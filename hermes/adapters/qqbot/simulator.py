@@ -64,6 +64,7 @@ sent) "会下发一个 Resumed Event": the missed events first, in order, then R
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -75,6 +76,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -294,6 +296,8 @@ class QQSimulator:
         self.client_close_ends_session = client_close_ends_session
         self.resumes: list[ResumeAttempt] = []
         self.bursts: list[BurstReport] = []
+        self._burst_ids: set[str] = set()
+        """Messages of bursts: their replies are counted (``reply_census``), not narrated."""
         self.replies: dict[str, int] = {}
         """Accepted (HTTP 200) replies per ``msg_id``."""
         self.messages: dict[str, tuple[str, float]] = {}
@@ -751,6 +755,7 @@ class QQSimulator:
                 kind, f"{text} #{i}", author=author, chat=targets[(i - 1) % len(targets)]
             )
             self.messages[d["id"]] = (kind, self.clock())
+            self._burst_ids.add(d["id"])
             last_seq, on_wire = await self._dispatch(event, d, None, None)
             if i == 1:
                 first_seq = last_seq
@@ -996,7 +1001,7 @@ class QQSimulator:
         recorded = len(self.sent)
         answer = self._message(path, headers, raw, fault)
         event = None
-        if len(self.sent) > recorded:
+        if len(self.sent) > recorded and self.sent[-1].body.get("msg_id") not in self._burst_ids:
             sent = self.sent[-1]
             event = f"message to {sent.kind} {sent.target}: {sent.body.get('content')!r} -> HTTP {sent.status}"
         await self._notify(event)
@@ -1135,15 +1140,26 @@ class Script:
     """Send this many group messages at once after the first READY."""
     kill_pid: int = 0
     """SIGKILL this process after the ``kill_after``-th event of the burst."""
+    kill_pid_file: str = ""
+    """... or the process whose pid this file holds, read when the kill is due (a bot
+    started after the simulator, as in ``make demo``)."""
     kill_after: int = 0
+    census_within: float = 120.0
+    """After a burst, wait this long at most for every message of it to be answered, then
+    report how many were answered once, never, or more than once."""
 
     def problems(self) -> list[str]:
         """What is inconsistent, as command-line options."""
         found = []
-        if (self.kill_pid or self.kill_after) and not (self.kill_pid and self.kill_after):
-            found.append("--kill-pid and --kill-after go together")
-        if self.kill_pid and not self.burst:
-            found.append("--kill-pid needs --burst: the process is killed mid-burst")
+        victim = "--kill-pid-file" if self.kill_pid_file else "--kill-pid"
+        if self.kill_pid and self.kill_pid_file:
+            found.append("--kill-pid and --kill-pid-file exclude each other")
+        elif (self.kill_pid or self.kill_pid_file or self.kill_after) and not (
+            (self.kill_pid or self.kill_pid_file) and self.kill_after
+        ):
+            found.append(f"{victim} and --kill-after go together")
+        if (self.kill_pid or self.kill_pid_file) and not self.burst:
+            found.append(f"{victim} needs --burst: the process is killed mid-burst")
         elif self.kill_after > self.burst > 0:
             found.append(
                 f"--kill-after {self.kill_after} is beyond the burst of {self.burst} messages"
@@ -1153,12 +1169,21 @@ class Script:
 
 async def run_burst(sim: QQSimulator, script: Script, say: Callable[[str], None]) -> None:
     """The scripted burst, and the kill in its middle."""
-    pid, k = script.kill_pid, script.kill_after
-    if pid:
+    k = script.kill_after
+    if script.kill_pid or script.kill_pid_file:
 
         def kill() -> None:
             session = sim.session
             seq = session.seq if session is not None else 0
+            pid = script.kill_pid
+            if script.kill_pid_file:
+                try:
+                    pid = int(Path(script.kill_pid_file).read_text().strip())
+                except (OSError, ValueError) as exc:
+                    say(
+                        f"burst: event {k} sent (seq {seq}); no pid in {script.kill_pid_file}: {exc}"
+                    )
+                    return
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -1176,6 +1201,24 @@ async def run_burst(sim: QQSimulator, script: Script, say: Callable[[str], None]
         f"burst: {len(report.ids)} group messages sent, seqs {report.first_seq}..{report.last_seq}:"
         f" {report.written} written to a connection, {len(report.ids) - report.written}"
         " held for replay only"
+    )
+    started = asyncio.get_running_loop().time()
+    answered = 0
+
+    def all_answered() -> bool:
+        nonlocal answered  # replies come mostly in order: one pass over the ids in all
+        while answered < len(report.ids) and sim.replies.get(report.ids[answered]):
+            answered += 1
+        return answered == len(report.ids)
+
+    with contextlib.suppress(AssertionError):
+        await sim.wait_until(all_answered, script.census_within, "every burst message answered")
+    census = sim.reply_census(report.ids)
+    took = asyncio.get_running_loop().time() - started
+    say(
+        f"burst: census after {took:.1f} s: {census.messages - len(census.unanswered) - len(census.repeated)}"
+        f" answered exactly once, {len(census.unanswered)} unanswered,"
+        f" {len(census.repeated)} answered more than once"
     )
 
 
