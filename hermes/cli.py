@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from watchdog.engine import EXIT_NOT_RETRYABLE
 from watchdog.exceptions import ConfigError
@@ -173,11 +173,80 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the URLs and credentials as JSON here once listening",
     )
+    _telegram_parser(platforms)
     from hermes.jobrunner import cli as jobs_cli
 
     jobs_cli.add_parser(sub, [common])
     sub.add_parser("check", parents=[common], help="validate a configuration file; exit 0 or 78")
     return parser
+
+
+def _telegram_parser(platforms: Any) -> None:
+    tg = platforms.add_parser(
+        "telegram", help="the Telegram Bot API: getMe, getUpdates (long polling), sendMessage"
+    )
+    tg.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    tg.add_argument("--port", type=int, default=0, help="HTTP port (default: any free)")
+    tg.add_argument("--token", default=None, help="the bot token the simulator accepts")
+    tg.add_argument("--username", default="hermes_sim_bot", help="the bot's username (getMe)")
+    tg.add_argument(
+        "--message-every",
+        type=_duration_arg,
+        default=0.0,
+        metavar="DURATION",
+        help="send the bot a message this often",
+    )
+    tg.add_argument(
+        "--message-kind", choices=["private", "group", "supergroup", "channel"], default="private"
+    )
+    tg.add_argument(
+        "--messages",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N messages (default: no limit)",
+    )
+    tg.add_argument(
+        "--burst", type=_positive_int, default=0, metavar="N", help="queue N group messages at once"
+    )
+    tg.add_argument(
+        "--kill-pid",
+        type=_positive_int,
+        default=0,
+        metavar="PID",
+        help="SIGKILL this process mid-burst",
+    )
+    tg.add_argument(
+        "--kill-pid-file",
+        default="",
+        metavar="PATH",
+        help="... or the process whose pid this file holds when the kill is due",
+    )
+    tg.add_argument(
+        "--kill-after",
+        type=_positive_int,
+        default=0,
+        metavar="K",
+        help="... right after the answer carrying the K-th update of the burst",
+    )
+    for flag, what in (
+        ("--revoke-after", "then revoke the token: every call answers 401"),
+        ("--hang-after", "then never answer getUpdates"),
+        ("--compete-after", "then poll with the same token as another process would (409s)"),
+    ):
+        tg.add_argument(flag, type=_duration_arg, default=0.0, metavar="DURATION", help=what)
+    tg.add_argument(
+        "--conflict-pacing",
+        type=_duration_arg,
+        default=None,
+        metavar="DURATION",
+        help="at most one 409 conflict answer this often (default 3s, as the server)",
+    )
+    tg.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="write the API base and token as JSON here once listening",
+    )
 
 
 def _duration_arg(text: str) -> float:
@@ -282,6 +351,74 @@ def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate_telegram(args: argparse.Namespace) -> int:
+    import json
+
+    from hermes.adapters.telegram.simulator import (
+        CONFLICT_PACING,
+        DEFAULT_TOKEN,
+        Script,
+        TelegramSimulator,
+        config_snippet,
+        run_script,
+    )
+
+    def say(line: str) -> None:
+        print(f"telegram-simulator: {line}", flush=True)
+
+    script = Script(
+        args.message_every,
+        args.message_kind,
+        args.messages,
+        burst=args.burst,
+        kill_pid=args.kill_pid,
+        kill_pid_file=args.kill_pid_file,
+        kill_after=args.kill_after,
+        revoke_after=args.revoke_after,
+        hang_after=args.hang_after,
+        compete_after=args.compete_after,
+    )
+    problems = script.problems()
+    if problems:
+        for problem in problems:
+            print(f"hermes simulate telegram: error: {problem}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        sim = TelegramSimulator(
+            token=args.token or DEFAULT_TOKEN,
+            username=args.username,
+            host=args.host,
+            port=args.port,
+            conflict_pacing=CONFLICT_PACING
+            if args.conflict_pacing is None
+            else args.conflict_pacing,
+        )
+        sim.observer = say
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with sim:
+            if args.ready_file:
+                info = {"api_base": sim.api_base, "token": sim.token, "username": sim.username}
+                await asyncio.to_thread(_write_atomically, args.ready_file, json.dumps(info))
+            say(f"listening: Bot API {sim.api_base}/bot<token>/METHOD")
+            print(
+                "\n# a platform for your gateway configuration:\n" + config_snippet(sim), flush=True
+            )
+            driver = loop.create_task(
+                run_script(sim, script, say), name="telegram-simulator:script"
+            )
+            await stop.wait()
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+            say("stopping")
+
+    asyncio.run(main())
+    return 0
+
+
 def _write_atomically(path: str, text: str) -> None:
     """Write via a temporary file and a rename, so a reader never sees half a file."""
     tmp = f"{path}.tmp"
@@ -360,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return cmd_check(_config_path(config))
     if args.command == "simulate":
+        if args.platform == "telegram":
+            return cmd_simulate_telegram(args)
         return cmd_simulate_qqbot(args)
     if args.command == "jobs":
         from hermes.jobrunner import cli as jobs_cli
