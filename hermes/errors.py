@@ -8,9 +8,12 @@
           │    ├── AlreadyDelivered     ... because the platform already has it (a retry)
           │    ├── RateLimited          still rate limited after the retries
           │    ├── MessageRejected      refused for good: retrying cannot help
-          │    └── QQApiError         the QQ open platform answered with an error
-          │         ├── QQRateLimited    (RateLimited too)
-          │         └── QQMessageRejected (MessageRejected too)
+          │    ├── QQApiError         the QQ open platform answered with an error
+          │    │    ├── QQRateLimited    (RateLimited too)
+          │    │    └── QQMessageRejected (MessageRejected too)
+          │    └── TelegramApiError    the Telegram Bot API answered ``"ok": false``, or not at all
+          │         ├── TelegramRateLimited     (RateLimited too)
+          │         └── TelegramMessageRejected (MessageRejected too)
           ├── QQAuthError               the token endpoint refused the credentials (not retryable)
           ├── QQTokenUnavailable        the token endpoint failed or timed out (retryable)
           └── QQProtocolError           a frame from the gateway broke the protocol
@@ -94,3 +97,38 @@ class QQProtocolError(AdapterError):
 
 class QQMalformedFrame(QQProtocolError):
     """A frame that is not a payload (not JSON, no integer ``op``): dropped and logged."""
+
+
+class TelegramApiError(SendError):
+    """An error answer from the Telegram Bot API (``{"ok": false, "error_code": ...}``), or
+    none at all (``status`` 0: a network error or a timeout). The message never holds the bot
+    token: it is part of every request URL, so nothing of the URL is kept."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str,
+        status: int,
+        description: str = "",
+        retry_after: float | None = None,
+        migrate_to_chat_id: int | None = None,
+    ) -> None:
+        self.method = method
+        self.status = status
+        """The HTTP status, or the answer's ``error_code``; 0 when no answer came."""
+        self.description = description
+        self.retry_after = retry_after
+        """``parameters.retry_after`` of a 429: seconds to wait before the next call."""
+        self.migrate_to_chat_id = migrate_to_chat_id
+        """``parameters.migrate_to_chat_id``: the group became this supergroup."""
+        super().__init__(message)
+
+
+class TelegramRateLimited(TelegramApiError, RateLimited):
+    """The Bot API still answered 429 after the retries (or asked for a longer wait)."""
+
+
+class TelegramMessageRejected(TelegramApiError, MessageRejected):
+    """The Bot API refused a message for good: the bot was blocked (403), the chat does not
+    exist (400), the text is empty."""

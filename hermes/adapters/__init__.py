@@ -9,6 +9,7 @@ from hermes.adapters.base import Adapter, AdapterSettings
 BUILTIN = {
     "demo": "hermes.adapters.demo:DemoAdapter",
     "qqbot": "hermes.adapters.qqbot:QQBotAdapter",
+    "telegram": "hermes.adapters.telegram:TelegramAdapter",
 }
 
 __all__ = ["BUILTIN", "Adapter", "AdapterSettings", "resolve_adapter"]
