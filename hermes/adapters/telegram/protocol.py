@@ -194,7 +194,8 @@ class PollPolicy:
             return PollPlan(
                 Step.GIVE_UP,
                 code=UNREACHABLE,
-                message=f"{self.failures} calls in a row failed; last: {what}",
+                message=f"{self.failures} call{'s' if self.failures != 1 else ''} in a row "
+                f"failed; last: {what}",
                 retryable=True,
             )
         return PollPlan(Step.RETRY, self.backoff.next(), message=what)
