@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from hermes.adapters.qqbot.simulator import QQSimulator
+from hermes.adapters.telegram.simulator import TelegramSimulator
 from tests.support.pgserver import PgServer, missing_reason
 
 
@@ -16,6 +17,15 @@ async def sim(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[QQSimulator]:
     for configs that say ``client_secret = "env:QQ_SECRET"``."""
     async with QQSimulator(heartbeat_interval=0.2) as s:
         monkeypatch.setenv("QQ_SECRET", s.client_secret)
+        yield s
+
+
+@pytest.fixture
+async def tg(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TelegramSimulator]:
+    """A Telegram Bot API simulator whose token is in ``TG_TOKEN``, for configs that say
+    ``token = "env:TG_TOKEN"``; 409 conflicts answered at once (the server paces them 3 s)."""
+    async with TelegramSimulator(conflict_pacing=0.05) as s:
+        monkeypatch.setenv("TG_TOKEN", s.token)
         yield s
 
 
