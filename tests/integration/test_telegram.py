@@ -249,7 +249,7 @@ async def test_429_on_getupdates_waits_retry_after_while_reconnecting(tmp_path, 
 
 @pytest.mark.parametrize("fault", ["502", "hang", "stall"])
 async def test_a_platform_that_fails_or_never_answers_is_retried_then_unreachable_exit_75(
-    tmp_path, tg, fault
+    tmp_path, tg, fault, logs
 ):
     # 502: one failure is retried, the second in a row gives up. A call that never answers
     # is cut off by the read timeout and gives up at once here (reconnect_max_failures 0).
@@ -280,6 +280,7 @@ async def test_a_platform_that_fails_or_never_answers_is_retried_then_unreachabl
         assert "no answer within the time limit" in row["reason_message"]
         # The poll under way (at most 1 s), then one call cut off after 3.2 s, one tick.
         assert 3.2 <= elapsed < 1 + 3.2 + 1.0, elapsed
+    assert_token_nowhere(tg, config, "\n".join(logs))
 
 
 async def test_a_single_502_is_ridden_out_and_messages_keep_flowing(tmp_path, tg):

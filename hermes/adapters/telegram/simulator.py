@@ -622,7 +622,8 @@ class TelegramSimulator:
         if isinstance(allowed, list):
             self.allowed_updates = {str(a) for a in allowed} or None
         now = self.clock()
-        if not competitor:
+        if not competitor and self.repeat_hold:
+            # The server's throttle of a poll repeated with the same offset (0: turned off).
             if (
                 offset == self._prev_offset
                 and timeout < self.repeat_hold
@@ -641,6 +642,7 @@ class TelegramSimulator:
             self._terminate(CONFLICT_POLLER)
             waiter = _Waiter(asyncio.get_running_loop().create_future(), competitor)
             self._waiter = waiter
+            await self._notify()
             try:
                 outcome = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
             except TimeoutError:
