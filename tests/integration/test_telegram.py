@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from hermes.adapters.base import LocalInbound
+from hermes.adapters.telegram import TelegramAdapter, TelegramSettings
 from hermes.adapters.telegram.simulator import TelegramSimulator
 from hermes.errors import TelegramMessageRejected
 from hermes.inbox.schema import inbound_cursors, inbox
@@ -25,6 +27,7 @@ from tests.support.configs import write_config
 from tests.support.inprocess import gateway, stored_for
 from tests.support.proc import GatewayProcess
 from tests.support.timing import t
+from watchdog.heartbeat import HeartbeatBoard, PlatformPolicy
 from watchdog.schema import outbox, platform_state, platform_transitions
 
 TICK = 0.1
@@ -384,3 +387,58 @@ async def test_a_reply_to_a_user_who_blocked_the_bot_fails_that_message_only(tmp
     assert "bot was blocked by the user" in rows[blocked[0]]["last_error"]
     assert rows[blocked[0]]["attempts"] == 1  # refused for good: not retried
     assert rows[fine[0]]["status"] == "delivered"
+
+
+# -- a slow store: the platform is probed, nothing unstored is confirmed
+
+
+class SlowInbound(LocalInbound):
+    """Takes events, and reports them stored only once the test says so."""
+
+    def __init__(self, adapter: Any) -> None:
+        super().__init__(adapter)
+        self.release = asyncio.Event()
+
+    async def committed(self) -> None:
+        await self.release.wait()
+        await super().committed()
+
+
+async def test_while_the_commit_waits_the_platform_is_probed_and_nothing_is_confirmed(tg):
+    board = HeartbeatBoard()
+    record = board.register("tg", "telegram", required=True, policy=PlatformPolicy())
+    board.begin_attempt(record, restart=False)
+    settings = TelegramSettings.model_validate(
+        tg.adapter_settings(**FAST),
+        context={"environ": {"TG_TOKEN": tg.token}, "base_dir": Path.cwd()},
+    )
+    adapter = TelegramAdapter("tg", settings, board.handle(record))
+    inbound = SlowInbound(adapter)
+    adapter.inbound = inbound
+    task = asyncio.get_running_loop().create_task(adapter.run(), name="test:tg-adapter")
+    try:
+        inbound.release.set()
+        await tg.wait_until(lambda: polled(tg), t(5), "a poll")
+        inbound.release.clear()  # the store stalls from here
+        tg.message("private", "while the store is slow")
+        update_id = tg.next_update_id - 1
+        await tg.wait_until(lambda: tg.delivered[update_id] >= 1, t(5), "the update delivered")
+        beat = record.last_beat
+        # A probe (timeout 0, the offset already sent) proves the platform alive...
+        await tg.wait_until(lambda: tg.delivered[update_id] >= 2, t(5), "a probe")
+        assert record.last_beat is not None and beat is not None and record.last_beat > beat
+        # ... and confirm nothing: the update is still held, no poll passed it.
+        assert [u for u, _, _ in tg.queue] == [update_id]
+        assert all(p.offset <= update_id for p in tg.polls)
+        inbound.release.set()
+        await tg.wait_until(
+            lambda: any(p.offset == update_id + 1 for p in tg.polls), t(5), "the confirming poll"
+        )
+        assert [m.text for m in inbound.queue] == [] and inbound.cursor() == (
+            {"offset": update_id + 1},
+            None,
+        )
+    finally:
+        await adapter.close()
+        await asyncio.wait_for(task, t(5))
+    assert record.declared.value == "stopped"

@@ -252,7 +252,7 @@ class TelegramAdapter(Adapter):
         # A restarted instance may find events taken by its predecessor in this process
         # still on their way to the store: confirm nothing before they are stored.
         if await self._until_committed():
-            return True
+            return self.closing()
         while not self.closing():
             offset = self.offsets.next_offset()
             params: dict[str, Any] = {
@@ -267,7 +267,7 @@ class TelegramAdapter(Adapter):
                 return self.closing()
             self.offsets.polled(offset)
             if not await self._take(updates):
-                return True
+                return self.closing()
         return True
 
     async def _until_ok(
@@ -308,7 +308,8 @@ class TelegramAdapter(Adapter):
         return None
 
     async def _take(self, updates: list[Any]) -> bool:
-        """Offer what one poll returned to the inbox and wait for the commit; False if closing."""
+        """Offer what one poll returned to the inbox and wait for the commit; False if
+        closing or given up meanwhile."""
         taken_before = self.offsets.taken
         cursor_at: int | None = None
         """The offset of the last cursor handed to the inbox with this batch."""
@@ -343,7 +344,8 @@ class TelegramAdapter(Adapter):
         return not await self._until_committed()
 
     async def _until_committed(self) -> bool:
-        """Wait until the inbox has stored what it took; True if closing. While the store
+        """Wait until the inbox has stored what it took; True if closing or given up (a probe
+        refused). While the store
         is slow, probe the platform with the offset already sent (it confirms nothing new):
         a platform that answers is alive, and the silence is the store's, not its own."""
         committed = asyncio.ensure_future(self.inbound.committed())
