@@ -35,6 +35,19 @@ def test_the_commented_qq_example_is_valid_once_uncommented(tmp_path):
     assert cfg.platforms["qq-main"].adapter == "qqbot"
 
 
+def test_the_commented_telegram_example_is_valid_once_uncommented(tmp_path):
+    text = (DEPLOY / "gateway.example.toml").read_text()
+    start = text.index("#[platforms.tg-main]")
+    block = text[start : text.index("\n\n", start)]
+    uncommented = "\n".join(line.removeprefix("#") for line in block.splitlines())
+    path = tmp_path / "tg.toml"
+    path.write_text(uncommented)
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "telegram-token").write_text("123:abc")
+    cfg = load_config(path, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+    assert cfg.platforms["tg-main"].adapter == "telegram"
+
+
 def test_the_unit_keeps_its_contract():
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
