@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 from typing import Any
 
 import httpx
@@ -13,6 +15,8 @@ from hermes.adapters.telegram.simulator import (
     CONFLICT_WEBHOOK,
     TelegramSimulator,
 )
+from tests.support.proc import HERMES, child_env, run_cli
+from tests.support.timing import t
 
 
 async def call(http: httpx.AsyncClient, sim: TelegramSimulator, method: str, **params: Any) -> Any:
@@ -123,3 +127,39 @@ async def test_tokens_and_methods_are_refused_as_the_public_api_does():
         assert (await call(http, sim, "sendMessage", chat_id=chat, text="x" * 4096))["ok"]
         sim.revoke()
         assert (await call(http, sim, "getMe"))["error_code"] == 401
+
+
+async def test_hermes_simulate_telegram_serves_the_bot_api_until_sigterm(tmp_path):
+    ready = tmp_path / "sim.json"
+    proc = await asyncio.create_subprocess_exec(
+        HERMES, "simulate", "telegram", "--message-every", "0.1s", "--messages", "1",
+        "--ready-file", str(ready),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=child_env(),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        banner = b""
+        while b"api_base = " not in banner:
+            line = await asyncio.wait_for(proc.stdout.readline(), t(15))
+            assert line, f"the simulator exited before its banner was complete: {banner!r}"
+            banner += line
+        info = json.loads(ready.read_text())
+        assert f'api_base = "{info["api_base"]}"' in banner.decode()
+        async with httpx.AsyncClient() as http:
+            base = f"{info['api_base']}/bot{info['token']}/"
+            me = (await http.get(base + "getMe")).json()
+            assert me["result"]["username"] == info["username"]
+            updates = (await http.post(base + "getUpdates", json={"timeout": 5}, timeout=10)).json()
+            assert updates["result"][0]["message"]["text"] == "message 1"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), t(10)) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_bad_telegram_simulator_arguments_are_explained():
+    result = run_cli(HERMES, "simulate", "telegram", "--kill-after", "5")
+    assert result.returncode == 2
+    assert "--kill-after 5 is beyond --burst 0" in result.stderr
