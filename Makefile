@@ -7,6 +7,10 @@ PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 BOTPY  := .venv-botpy
 BOTPY_STAMP := $(BOTPY)/.installed
+PTB    := .venv-ptb
+PTB_STAMP := $(PTB)/.installed
+AIOGRAM := .venv-aiogram
+AIOGRAM_STAMP := $(AIOGRAM)/.installed
 
 .PHONY: demo test lint install postgres bench clean
 
@@ -46,9 +50,20 @@ $(BOTPY_STAMP):
 	$(BOTPY)/bin/pip install -q qq-botpy==1.2.1
 	touch $@
 
+# The Telegram libraries for the receive benchmark, each in a venv of its own.
+$(PTB_STAMP):
+	$(PYTHON) -m venv $(PTB)
+	$(PTB)/bin/pip install -q python-telegram-bot==22.8
+	touch $@
+
+$(AIOGRAM_STAMP):
+	$(PYTHON) -m venv $(AIOGRAM)
+	$(AIOGRAM)/bin/pip install -q aiogram==3.31.0
+	touch $@
+
 # Every benchmark: tables on stdout, bench/results/latest.json, BENCHMARKS.md rewritten.
-bench: $(STAMP) $(BOTPY_STAMP) postgres
+bench: $(STAMP) $(BOTPY_STAMP) $(PTB_STAMP) $(AIOGRAM_STAMP) postgres
 	cd bench && HERMES_TEST_POSTGRES_URL='$(PG_URL)' ../$(BIN)/python run_all.py
 
 clean:
-	rm -rf $(VENV) $(BOTPY) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BOTPY) $(PTB) $(AIOGRAM) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -260,6 +260,11 @@ class TelegramSimulator:
             self._server = None
 
     @property
+    def waiting(self) -> bool:
+        """A getUpdates is waiting for updates (a long poll under way)."""
+        return self._waiter is not None
+
+    @property
     def api_base(self) -> str:
         return f"http://{self.host}:{self.port}"
 
