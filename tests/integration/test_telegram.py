@@ -442,3 +442,27 @@ async def test_while_the_commit_waits_the_platform_is_probed_and_nothing_is_conf
         await adapter.close()
         await asyncio.wait_for(task, t(5))
     assert record.declared.value == "stopped"
+
+
+async def test_a_restarted_adapter_continues_from_the_offset_its_predecessor_took(tmp_path, tg):
+    config = config_for(tmp_path, tg, reconnect_max_failures=1, restart_max=2, restart_backoff=0.1)
+    async with gateway(config) as (gw, task):
+        await tg.wait_until(lambda: polled(tg), t(5), "a poll")
+        before = [tg.message("group", f"before {i}") for i in range(3)]
+        await tg.wait_until(lambda: not tg.reply_census(before).unanswered, t(5), "answers")
+        tg.fail_next("getUpdates", 2, status=502)  # tg_unreachable: restarted by the watchdog
+        await tg.wait_until(lambda: tg.calls["getme"] >= 2, t(10), "a new instance")
+        after = [tg.message("group", f"after {i}") for i in range(3)]
+        await tg.wait_until(lambda: not tg.reply_census(after).unanswered, t(5), "answers")
+        assert gw.board["tg"].restarts == 1
+    assert task.result() == 0
+    assert tg.reply_census(before + after).exactly_once
+    # The new instance's first poll continued where the old one stopped: nothing again.
+    assert all(n == 1 for n in tg.delivered.values())
+    _, _, history = stored_for(config)
+    failing = [
+        h["reason_code"]
+        for h in history
+        if h["to_health"] == "failing" and h["from_health"] != h["to_health"]
+    ]
+    assert failing == ["tg_unreachable"]

@@ -214,7 +214,9 @@ class Offsets:
     __slots__ = ("sent", "taken")
 
     def __init__(self, start: int | None = None) -> None:
-        self.sent: int | None = start
+        self.sent: int | None = None
+        """Unknown at start: a stored cursor may be ahead of what the platform was sent (a
+        predecessor in this process took updates it never confirmed)."""
         self.taken: int | None = start
 
     def next_offset(self) -> int | None:
