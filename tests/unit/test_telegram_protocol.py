@@ -204,7 +204,9 @@ def test_the_poll_read_timeout_must_outlast_the_poll_and_the_servers_hold():
         {"token": "env:T", "poll_timeout": 25}, context={"environ": {"T": "1:a"}, "base_dir": "."}
     )
     assert ok.read_timeout == 35.0
-    with pytest.raises(ValidationError, match="must be longer than poll_timeout"):
+    with pytest.raises(
+        ValidationError, match="poll_read_timeout\n  Value error, must be longer than poll_timeout"
+    ):
         TelegramSettings.model_validate(
             {"token": "env:T", "poll_timeout": 25, "poll_read_timeout": 25},
             context={"environ": {"T": "1:a"}, "base_dir": "."},

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from hermes.adapters.base import Adapter, AdapterSettings
 from hermes.adapters.telegram.api import BotApi
@@ -127,16 +127,19 @@ class TelegramSettings(AdapterSettings):
     send_retry_after_max: Duration = 30.0
     """A 429 asking for a longer wait fails the attempt; the outbox retries it later."""
 
-    @model_validator(mode="after")
-    def _read_after_poll(self) -> TelegramSettings:
-        if self.poll_read_timeout is not None and self.poll_read_timeout <= max(
-            self.poll_timeout, REPEAT_POLL_HOLD
-        ):
+    @field_validator("poll_read_timeout")
+    @classmethod
+    def _read_after_poll(cls, value: float | None, info: ValidationInfo) -> float | None:
+        poll = info.data.get("poll_timeout")
+        if value is not None and isinstance(poll, int) and value <= max(poll, REPEAT_POLL_HOLD):
             raise ValueError(
-                f"poll_read_timeout ({self.poll_read_timeout:g} s) must be longer than "
-                f"poll_timeout ({self.poll_timeout} s) and than the 3 s the server may hold a "
-                "repeated poll, or every quiet poll is cut off"
+                f"must be longer than poll_timeout ({poll} s) and than the 3 s the server may "
+                "hold a repeated poll, or every quiet poll is cut off"
             )
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> TelegramSettings:
         if self.reconnect_backoff > self.reconnect_backoff_max:
             raise ValueError("reconnect_backoff must not exceed reconnect_backoff_max")
         return self
