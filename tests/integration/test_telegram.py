@@ -466,3 +466,16 @@ async def test_a_restarted_adapter_continues_from_the_offset_its_predecessor_too
         if h["to_health"] == "failing" and h["from_health"] != h["to_health"]
     ]
     assert failing == ["tg_unreachable"]
+
+
+async def test_an_update_without_an_update_id_is_not_polled_in_a_hot_loop(tmp_path, tg):
+    config = config_for(tmp_path, tg, reconnect_max_failures=2, restart_max=0)
+    async with gateway(config) as (_gw, task):
+        await tg.wait_until(lambda: polled(tg), t(5), "a poll")
+        polls = len(tg.polls)
+        tg.raw_update(b'{"message": {"text": "no id"}}')
+        assert await asyncio.wait_for(task, t(10)) == 75
+    row = fatal_row(config)
+    assert row["reason_code"] == "tg_unreachable"
+    assert "without an update_id" in row["reason_message"]
+    assert len(tg.polls) - polls <= 4  # backed off between them, not a hot loop

@@ -31,6 +31,7 @@ from hermes.adapters.telegram.api import BotApi
 from hermes.adapters.telegram.protocol import (
     REPEAT_POLL_HOLD,
     TEXT_LIMIT,
+    UNREACHABLE,
     UPDATE_RETENTION,
     Backoff,
     Offsets,
@@ -256,6 +257,7 @@ class TelegramAdapter(Adapter):
         # still on their way to the store: confirm nothing before they are stored.
         if await self._until_committed():
             return self.closing()
+        stuck = 0  # polls in a row that made no progress: only updates without an update_id
         while not self.closing():
             offset = self.offsets.next_offset()
             params: dict[str, Any] = {
@@ -269,8 +271,26 @@ class TelegramAdapter(Adapter):
             if updates is None:
                 return self.closing()
             self.offsets.polled(offset)
+            malformed, taken = self.malformed, self.offsets.taken
             if not await self._take(updates):
                 return self.closing()
+            if self.malformed > malformed and self.offsets.taken == taken:
+                # Nothing to confirm them with: the same answer would come back at once.
+                stuck += 1
+                if stuck > self.s.reconnect_max_failures:
+                    self.give_up(
+                        UNREACHABLE,
+                        f"{stuck} polls in a row answered only updates without an update_id",
+                        retryable=True,
+                    )
+                    return False
+                delay = min(
+                    self.s.reconnect_backoff * 2 ** (stuck - 1), self.s.reconnect_backoff_max
+                )
+                if await self.pause(delay):
+                    return True
+            else:
+                stuck = 0
         return True
 
     async def _until_ok(
@@ -314,8 +334,7 @@ class TelegramAdapter(Adapter):
         """Offer what one poll returned to the inbox and wait for the commit; False if
         closing or given up meanwhile."""
         taken_before = self.offsets.taken
-        cursor_at: int | None = None
-        """The offset of the last cursor handed to the inbox with this batch."""
+        cursor_at: int | None = None  # the offset of the last cursor given with this batch
         refused = False
         for update in updates:
             try:

@@ -360,6 +360,16 @@ class TelegramSimulator:
             self._waiter.future.set_result("wake")
         return update_id
 
+    def raw_update(self, blob: bytes) -> int:
+        """An update sent exactly as given, broken ones too (no ``update_id``, ...); it is
+        queued under the next id, which it may not carry."""
+        update_id = self.next_update_id
+        self.next_update_id += 1
+        self.queue.append((update_id, "raw", blob))
+        if self._waiter is not None and not self._waiter.future.done():
+            self._waiter.future.set_result("wake")
+        return update_id
+
     def update(self, kind: str, payload: dict[str, Any]) -> int | None:
         """Any other update (``edited_message``, ``my_chat_member``, ...); its id."""
         return self._push(kind, payload)
