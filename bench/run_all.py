@@ -17,6 +17,7 @@ MODULES = [
     "detection",
     "throughput",
     "telegram_receive",
+    "telegram_detection",
     "startup",
     "status_scale",
     "memory",
