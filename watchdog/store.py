@@ -7,8 +7,6 @@ store read-only and never creates or migrates anything.
 
 from __future__ import annotations
 
-import os
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +44,8 @@ from sqlalchemy.exc import (
 )
 
 from watchdog.exceptions import StoreError, StoreNotFound
+from watchdog.readonly import read_only_uri as _read_only_uri
+from watchdog.readonly import sidecars as _sidecars
 from watchdog.schema import (
     UTCDateTime,
     fitted,
@@ -56,6 +56,7 @@ from watchdog.schema import (
     platform_transitions,
 )
 from watchdog.states import FAILED_RUNS
+from watchdog.storeurl import default_sqlite_url as default_sqlite_url
 
 SCHEMA_HEAD = "0003"
 RUNNER_SCHEMA = "0002"
@@ -566,61 +567,6 @@ class StateStore:
         return rows
 
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _sidecars(path: Path) -> tuple[int, int]:
-    """Sizes of the -wal and -shm files beside ``path``; -1 for one that does not exist."""
-
-    def size(suffix: str) -> int:
-        try:
-            return os.stat(f"{path}{suffix}").st_size
-        except FileNotFoundError:
-            return -1
-
-    return size("-wal"), size("-shm")
-
-
-def _read_only_uri(path: Path) -> tuple[str, tuple[int, int] | None]:
-    """An SQLite URI that reads ``path`` faithfully and creates nothing beside it; for an
-    ``immutable`` one (read without locks) also the sidecar files it was chosen on.
-
-    ``mode=ro`` alone is not enough: on a WAL database SQLite creates the -wal and -shm files
-    if they are missing (or, in a directory it cannot write, fails with "attempt to write a
-    readonly database"). Both exist while any connection has the database open, and SQLite
-    deletes both when the last one closes cleanly; a crash leaves both. So:
-
-    - both present: a gateway has it open, or died: ``mode=ro``, through SQLite's locks and
-      WAL index (nothing is created, both exist);
-    - a -wal holding data without its -shm (copied or cleaned up by hand): no way to read the
-      data without creating the -shm; refused;
-    - otherwise no connection has the database open and no WAL holds data: a WAL database is
-      read ``immutable`` (no locks, no sidecar files). If a gateway opens it meanwhile,
-      :meth:`StateStore.read_consistently` notices and reads again through the locks;
-    - a rollback-journal database (not WAL) creates nothing under ``mode=ro``, which also
-      respects a hot journal that ``immutable`` would ignore.
-    """
-    wal, shm = quiet = _sidecars(path)
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"  # a "?" or "#" in the path is data
-    if wal >= 0 and shm >= 0:
-        return uri, None
-    if wal > 0:
-        raise StoreError(
-            f"{path}-wal holds transactions but {path.name}-shm is missing: reading them would "
-            f"create {path.name}-shm. Start the gateway once (it folds the WAL into the "
-            f"database), or run sqlite3 {path} 'PRAGMA wal_checkpoint' as a user who may write there"
-        )
-    try:
-        with path.open("rb") as f:
-            header = f.read(100)
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    wal_mode = header.startswith(_SQLITE_MAGIC) and len(header) == 100 and 2 in header[18:20]
-    if wal_mode or wal >= 0 or shm >= 0:
-        return f"{uri}&immutable=1", quiet
-    return uri, None
-
-
 def is_row_error(exc: BaseException) -> bool:
     """True if ``exc`` says that the data of a row is bad, not that the database is unavailable.
 
@@ -650,7 +596,3 @@ def _short(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     msg = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(orig or exc).__name__}: {msg[0] if msg else ''}"
-
-
-def default_sqlite_url(directory: str | os.PathLike[str]) -> str:
-    return f"sqlite:///{Path(directory).resolve() / 'hermes.db'}"
