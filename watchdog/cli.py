@@ -490,16 +490,30 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
         if secrets.is_reference(args.database):
             return secrets.resolve(args.database, base_dir=Path.cwd(), environ=environ).reveal()
         return str(args.database)
+    from watchdog.storeurl import store_url_quickly
+
+    config = Path(args.config or environ.get("HERMES_CONFIG") or DEFAULT_CONFIG)
+    url = store_url_quickly(config, environ)
+    if url is not None:
+        return url
+    # Something to report about [store]: the full validation words it.
     from watchdog.settings import store_url_from_config
 
-    config = args.config or environ.get("HERMES_CONFIG") or DEFAULT_CONFIG
-    return store_url_from_config(Path(config), environ)
+    return store_url_from_config(config, environ)
 
 
 def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    """The store, read-only: through its driver alone (:mod:`watchdog.reader`) when the URL
+    allows, else through SQLAlchemy."""
+    from watchdog.reader import open_reader
+
+    url = _database(args, environ)
+    reader = open_reader(url)
+    if reader is not None:
+        return reader
     from watchdog.store import StateStore
 
-    return StateStore(_database(args, environ), read_only=True)
+    return StateStore(url, read_only=True)
 
 
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -31,10 +31,9 @@ from watchdog.clipping import clip_message, quote
 from watchdog.exceptions import ConfigError
 from watchdog.heartbeat import PlatformPolicy
 from watchdog.restart import RestartPolicy
+from watchdog.storeurl import DEFAULT_STATE_DIRECTORY as DEFAULT_STATE_DIRECTORY
 from watchdog.storeurl import default_sqlite_url
 from watchdog.storeurl import read_toml as read_toml
-
-DEFAULT_STATE_DIRECTORY = "/var/lib/hermes"
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*")
