@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, quote_plus, unquote
 
 from watchdog.exceptions import ConfigError
@@ -20,6 +18,8 @@ DEFAULT_STATE_DIRECTORY = "/var/lib/hermes"
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; errors name the file and, for syntax errors, the line."""
+    import tomllib  # not needed by `hermes-watchdog status --database URL`
+
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -62,8 +62,7 @@ _URL = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseURL:
+class DatabaseURL(NamedTuple):
     """The parts of a database URL, as SQLAlchemy's ``make_url`` finds them."""
 
     drivername: str
@@ -170,13 +169,13 @@ def store_url_quickly(path: Path, environ: Mapping[str, str]) -> str | None:
     return default_sqlite_url(where)
 
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*")
+_DURATION = r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*"  # as in watchdog.settings
 
 
 def _positive_duration(value: Any) -> bool:
     """Whether ``value`` is a duration the settings accept (a subset is enough: anything
     else goes through the full validation)."""
     if isinstance(value, str):
-        match = _DURATION.fullmatch(value)
+        match = re.fullmatch(_DURATION, value)
         return match is not None and 0 < float(match.group(1)) < math.inf
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
