@@ -35,7 +35,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -459,10 +458,16 @@ class StateStore:
         if not rows:
             return
         stmt: Any
+        # Imported here: loading the PostgreSQL dialect package (every driver's module) costs
+        # an SQLite gateway's start-up for nothing, and the other way round.
         if self.dialect == "postgresql":
-            stmt = postgresql.insert(platform_state)
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(platform_state)
         elif self.dialect == "sqlite":
-            stmt = sqlite.insert(platform_state)
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(platform_state)
         else:
             raise StoreError(f"unsupported database {self.dialect}; use SQLite or PostgreSQL")
         columns = {c.name: stmt.excluded[c.name] for c in platform_state.c if c.name != "platform"}
