@@ -291,6 +291,10 @@ class StateStore:
         the time (see :data:`HEAD_TABLES`)."""
         try:
             with self.engine.begin() as conn:
+                if self.dialect == "sqlite":
+                    # pysqlite runs DDL outside any transaction; begun by hand, the store
+                    # appears whole or not at all to a reader (the status CLI).
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
                 metadata.create_all(conn, checkfirst=False)
                 _alembic_version.create(conn, checkfirst=False)
                 conn.execute(insert(_alembic_version).values(version_num=SCHEMA_HEAD))
