@@ -1,6 +1,11 @@
 """Start-up and restart: process start to READY=1 (cold and with an existing store), where
 the time goes (imports), and SIGKILL to ready again under a real systemd.
 
+The gateway runs as installed: bytecode compiled first (pip does that at install; with
+PYTHONDONTWRITEBYTECODE set, as in the development shell, every start would otherwise compile
+the package's sources again). A new store is created at head in one step; alembic is loaded
+only for a store behind head.
+
 Target: ready in under 1 s on this machine.
 """
 
@@ -91,16 +96,26 @@ def kill_to_ready(repeats: int) -> list[float]:
     return out
 
 
+def compile_bytecode() -> None:
+    """What pip does at install: the gateway then loads bytecode instead of compiling sources."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(root / "hermes"), str(root / "watchdog")],
+        check=True,
+    )
+
+
 def run(quick: bool = False) -> Section:
     repeats = 3 if quick else 7
+    compile_bytecode()
     s = Section("Start-up and restart", ["measurement", "median", "p95", "target"])
     cold, warm = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            cold.append(asyncio.run(to_ready(Path(tmp))))  # an empty store: migrations run
+            cold.append(asyncio.run(to_ready(Path(tmp))))  # an empty store: created at head
             warm.append(asyncio.run(to_ready(Path(tmp))))  # the same store again
     s.add(
-        "process start to READY=1, new store (migrations)",
+        "process start to READY=1, new store (created at head)",
         f"{median(cold):.3f} s",
         f"{p95(cold):.3f} s",
         f"< 1 s: {verdict(p95(cold), 1.0)}",

@@ -86,8 +86,9 @@ def banner(text: str) -> None:
     say(f"== {text} " + "=" * max(0, 74 - len(text)))
 
 
-def listen(sock: socket.socket, stop: threading.Event) -> None:
-    """Print what "systemd" receives; pings are counted, not each printed."""
+def listen(sock: socket.socket, stop: threading.Event, healthy: threading.Event) -> None:
+    """Print what "systemd" receives; pings are counted, not each printed. ``healthy`` is set
+    once the gateway reports every platform ok."""
     pings = 0
     sock.settimeout(0.1)
     while not stop.is_set():
@@ -102,6 +103,8 @@ def listen(sock: socket.socket, stop: threading.Event) -> None:
             if pings in (1, 2) or pings % 10 == 0:
                 say(f"   systemd  <- WATCHDOG=1   (ping #{pings})")
             continue
+        if data.startswith("STATUS=1/1 platforms ok"):
+            healthy.set()
         say(f"   systemd  <- {data.replace(chr(10), ' ')}")
 
 
@@ -198,6 +201,7 @@ def main() -> int:
     gateway: subprocess.Popen[str] | None = None
     notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stop = threading.Event()
+    healthy = threading.Event()
     try:
         info = wait_file(ready_file, 30)
         config = root / "gateway.toml"
@@ -215,7 +219,7 @@ def main() -> int:
         notify_path = root / "notify.sock"
         notify_sock.bind(str(notify_path))
         listener = threading.Thread(
-            target=listen, args=(notify_sock, stop), name="demo-notify", daemon=True
+            target=listen, args=(notify_sock, stop, healthy), name="demo-notify", daemon=True
         )
         listener.start()
         gw_env = dict(
@@ -238,7 +242,11 @@ def main() -> int:
         if not CENSUS.wait(timeout=180):
             say("demo: the simulator reported no census of the burst")
             return 1
-        time.sleep(2.5 * SPEED)  # messages are flowing now: look from outside
+        # Look from outside once messages flow: the platform is ok, then a few ticks. (A fixed
+        # wait is not enough on a busy machine, now that the status command starts in well
+        # under the gateway's own start-up.)
+        healthy.wait(timeout=60)
+        time.sleep(2 * SPEED)
         cli("status", "--config", str(config), cwd=root)
         try:
             code = gateway.wait(timeout=180 * max(SPEED, 0.25))

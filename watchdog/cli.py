@@ -8,13 +8,10 @@ It reads the store read-only and works after the gateway died.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import socket
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -115,18 +112,71 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # -- reports
 
 
-@dataclass(slots=True)
 class StatusReport:
-    overall: str
-    exit_code: int
-    summary: str
-    checked_at: datetime
-    store: str | None = None
-    instance: dict[str, Any] | None = None
-    platforms: list[dict[str, Any]] = field(default_factory=list)
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    outbox: dict[str, Any] | None = None
-    inbox: dict[str, Any] | None = None
+    """The verdict and what it was drawn from. A plain class: ``dataclasses`` would cost the
+    status command more to import than it takes to read the store."""
+
+    __slots__ = (
+        "checked_at",
+        "exit_code",
+        "inbox",
+        "instance",
+        "jobs",
+        "outbox",
+        "overall",
+        "platforms",
+        "store",
+        "summary",
+    )
+
+    def __init__(
+        self,
+        overall: str,
+        exit_code: int,
+        summary: str,
+        checked_at: datetime,
+        store: str | None = None,
+        instance: dict[str, Any] | None = None,
+        platforms: list[dict[str, Any]] | None = None,
+        jobs: list[dict[str, Any]] | None = None,
+        outbox: dict[str, Any] | None = None,
+        inbox: dict[str, Any] | None = None,
+    ) -> None:
+        self.overall = overall
+        self.exit_code = exit_code
+        self.summary = summary
+        self.checked_at = checked_at
+        self.store = store
+        self.instance = instance
+        self.platforms: list[dict[str, Any]] = [] if platforms is None else platforms
+        self.jobs: list[dict[str, Any]] = [] if jobs is None else jobs
+        self.outbox = outbox
+        self.inbox = inbox
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _REPORT_FIELDS)
+        return f"StatusReport({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StatusReport):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in _REPORT_FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_REPORT_FIELDS = (
+    "overall",
+    "exit_code",
+    "summary",
+    "checked_at",
+    "store",
+    "instance",
+    "platforms",
+    "jobs",
+    "outbox",
+    "inbox",
+)
 
 
 def _seconds(now: datetime, then: datetime | None) -> float | None:
@@ -323,6 +373,8 @@ def report_json(report: StatusReport, error: str | None = None) -> str:
         "outbox": None if report.outbox is None else {k: _iso(v) for k, v in report.outbox.items()},
         "inbox": None if report.inbox is None else _jsonable(report.inbox),
     }
+    import json  # only for --json: the text output is the common case
+
     return json.dumps(doc, indent=2, ensure_ascii=False)
 
 
@@ -446,9 +498,10 @@ def gateway_process(
     ``(None, why)`` when this host cannot tell (another host, no /proc, a hidden process).
 
     Only a row naming this host (``socket.gethostname()``, as the gateway writes it) is
-    checked. A pid is reused only after its process died, so a process holding the pid that
-    started after the gateway did is another one."""
-    if host != socket.gethostname():
+    checked: on Linux that is the kernel's node name, which ``os.uname()`` gives without
+    importing :mod:`socket`. A pid is reused only after its process died, so a process
+    holding the pid that started after the gateway did is another one."""
+    if host != os.uname().nodename:
         return None, f"on another host ({host})"
     if pid <= 0:
         return None, f"invalid pid {pid}"
@@ -490,16 +543,30 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
         if secrets.is_reference(args.database):
             return secrets.resolve(args.database, base_dir=Path.cwd(), environ=environ).reveal()
         return str(args.database)
+    from watchdog.storeurl import store_url_quickly
+
+    config = Path(args.config or environ.get("HERMES_CONFIG") or DEFAULT_CONFIG)
+    url = store_url_quickly(config, environ)
+    if url is not None:
+        return url
+    # Something to report about [store]: the full validation words it.
     from watchdog.settings import store_url_from_config
 
-    config = args.config or environ.get("HERMES_CONFIG") or DEFAULT_CONFIG
-    return store_url_from_config(Path(config), environ)
+    return store_url_from_config(config, environ)
 
 
 def _open(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    """The store, read-only: through its driver alone (:mod:`watchdog.reader`) when the URL
+    allows, else through SQLAlchemy."""
+    from watchdog.reader import open_reader
+
+    url = _database(args, environ)
+    reader = open_reader(url)
+    if reader is not None:
+        return reader
     from watchdog.store import StateStore
 
-    return StateStore(_database(args, environ), read_only=True)
+    return StateStore(url, read_only=True)
 
 
 def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -536,12 +603,13 @@ def cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return report.exit_code
 
 
-_SINCE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)")
+_SINCE = r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)"
+"""Compiled on first use (by :func:`re.fullmatch`): ``status`` never needs it."""
 
 
 def parse_since(text: str, now: datetime) -> datetime:
     """``"30m"``/``"2h"``/``"1d"`` back from ``now``, or an ISO 8601 time (local if no offset)."""
-    match = _SINCE.fullmatch(text.strip())
+    match = re.fullmatch(_SINCE, text.strip())
     if match:
         unit = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[match.group(2)]
         try:
@@ -587,6 +655,8 @@ def cmd_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
         return UNKNOWN
     if args.json:
+        import json
+
         print(
             json.dumps(
                 [{k: _iso(v) for k, v in r.items()} for r in rows], indent=2, ensure_ascii=False

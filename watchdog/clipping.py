@@ -17,7 +17,8 @@ RUN_LIMIT = 256
 MESSAGE_LIMIT = 1000
 """Characters of one message that are kept."""
 
-_LONG_RUN = re.compile(rf"\S{{{RUN_LIMIT + 1},}}")
+_LONG_RUN = rf"\S{{{RUN_LIMIT + 1},}}"
+"""Compiled on first use (by :func:`re.sub`), which most commands never reach."""
 
 
 def _cut(text: str, limit: int) -> str:
@@ -39,7 +40,7 @@ def clip_message(message: str) -> str:
     names the key, stays."""
     if len(message) <= RUN_LIMIT:
         return message
-    clipped = _LONG_RUN.sub(lambda m: _cut(m.group(), VALUE_LIMIT), message)
+    clipped = re.sub(_LONG_RUN, lambda m: _cut(m.group(), VALUE_LIMIT), message)
     if len(clipped) <= MESSAGE_LIMIT:
         return clipped
     return f"{clipped[:MESSAGE_LIMIT]}… ({len(message)} characters)"

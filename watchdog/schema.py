@@ -7,7 +7,6 @@ they match what the migrations create.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +26,9 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.types import TypeDecorator
+
+from watchdog.storable import REPLACEMENT as REPLACEMENT
+from watchdog.storable import storable as storable
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -48,19 +50,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-REPLACEMENT = "\ufffd"
-"""What a character no backend can store becomes: U+FFFD, Unicode's own mark for "a character
-was here and could not be kept", so the loss shows where it happened."""
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """``text`` as every backend stores it: NUL (PostgreSQL text cannot hold it) and lone
-    surrogates (not UTF-8, so neither SQLite nor PostgreSQL can encode them) become U+FFFD."""
-    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 class StoredString(TypeDecorator[str]):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,9 +31,9 @@ from watchdog.clipping import clip_message, quote
 from watchdog.exceptions import ConfigError
 from watchdog.heartbeat import PlatformPolicy
 from watchdog.restart import RestartPolicy
-from watchdog.store import default_sqlite_url
-
-DEFAULT_STATE_DIRECTORY = "/var/lib/hermes"
+from watchdog.storeurl import DEFAULT_STATE_DIRECTORY as DEFAULT_STATE_DIRECTORY
+from watchdog.storeurl import default_sqlite_url
+from watchdog.storeurl import read_toml as read_toml
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*")
@@ -133,23 +132,6 @@ SUPERVISION_KEYS = frozenset(SupervisionSettings.model_fields)
 
 
 # -- reading TOML and reporting errors
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; errors name the file and, for syntax errors, the line."""
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), ["is a directory, expected a TOML file"]) from None
-    except PermissionError:
-        raise ConfigError(str(path), ["permission denied"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"invalid TOML: {exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), ["not UTF-8 text"]) from None
 
 
 def problems(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:

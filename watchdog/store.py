@@ -7,8 +7,6 @@ store read-only and never creates or migrates anything.
 
 from __future__ import annotations
 
-import os
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -17,8 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Column,
     Engine,
     Integer,
+    MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     case,
@@ -34,7 +35,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -46,16 +46,20 @@ from sqlalchemy.exc import (
 )
 
 from watchdog.exceptions import StoreError, StoreNotFound
+from watchdog.readonly import read_only_uri as _read_only_uri
+from watchdog.readonly import sidecars as _sidecars
 from watchdog.schema import (
     UTCDateTime,
     fitted,
     gateway_instances,
     job_runs,
+    metadata,
     outbox,
     platform_state,
     platform_transitions,
 )
 from watchdog.states import FAILED_RUNS
+from watchdog.storeurl import default_sqlite_url as default_sqlite_url
 
 SCHEMA_HEAD = "0003"
 RUNNER_SCHEMA = "0002"
@@ -82,6 +86,31 @@ _cursors = sa_table(
     sa_column("last_lost", String),
 )
 ALEMBIC_LOCATION = "watchdog:migrations"
+
+HEAD_TABLES = frozenset(
+    {
+        "gateway_instances",
+        "platform_state",
+        "platform_transitions",
+        "job_runs",
+        "outbox",
+        "apscheduler_jobs",
+        "inbox",
+        "inbound_cursors",
+    }
+)
+"""Every table the migrations create up to :data:`SCHEMA_HEAD`. A new store is created at head
+from the table definitions (``metadata``) when they hold exactly these: the gateway's
+(``hermes.inbox.schema``) register there when imported. tests/integration/test_schema_head.py
+holds the tables created at head to what the migrations build, on SQLite and PostgreSQL."""
+
+_alembic_version = Table(
+    "alembic_version",
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
+"""Alembic's own version table, as ``alembic.runtime.migration`` defines it."""
 
 T = TypeVar("T")
 
@@ -229,13 +258,51 @@ class StateStore:
     # -- schema
 
     def migrate(self) -> tuple[str | None, str]:
-        """Bring the schema to the newest revision (idempotent); returns (before, after)."""
+        """Bring the schema to the newest revision (idempotent); returns (before, after).
+
+        A store at head is left as it is, and a new one is created at head in one step
+        (:meth:`create_at_head`); neither loads alembic. Only a store behind head replays
+        the migrations it lacks."""
         if self.read_only:
             raise StoreError("refusing to migrate a store opened read-only")
         before = self.revision()
         if before == SCHEMA_HEAD:
             self._checked_revision = before
             return before, before  # the usual restart: no need to load alembic at all
+        if before is None and set(metadata.tables) == HEAD_TABLES and self._is_empty():
+            self.create_at_head()
+        else:
+            self._upgrade()
+        after = self.revision()
+        if after is None:
+            raise StoreError(f"migrating {self.name} left no schema revision")
+        self._checked_revision = after
+        return before, after
+
+    def _is_empty(self) -> bool:
+        """No table of ours, nor alembic's, in the database (or its search path)."""
+        with self._reading() as conn:
+            insp = inspect(conn)
+            return not any(insp.has_table(t) for t in (*HEAD_TABLES, "alembic_version"))
+
+    def create_at_head(self) -> None:
+        """Create every table at :data:`SCHEMA_HEAD` from the table definitions and stamp the
+        revision, in one transaction: what replaying the migrations builds, in a fraction of
+        the time (see :data:`HEAD_TABLES`)."""
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "sqlite":
+                    # pysqlite runs DDL outside any transaction; begun by hand, the store
+                    # appears whole or not at all to a reader (the status CLI).
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                metadata.create_all(conn, checkfirst=False)
+                _alembic_version.create(conn, checkfirst=False)
+                conn.execute(insert(_alembic_version).values(version_num=SCHEMA_HEAD))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"creating the store {self.name} failed: {_short(exc)}") from exc
+
+    def _upgrade(self) -> None:
+        """Replay the migrations from the store's revision to head (alembic)."""
         from alembic import command
         from alembic.config import Config
 
@@ -247,11 +314,6 @@ class StateStore:
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
             raise StoreError(f"migrating {self.name} failed: {_short(exc)}") from exc
-        after = self.revision()
-        if after is None:
-            raise StoreError(f"migrating {self.name} left no schema revision")
-        self._checked_revision = after
-        return before, after
 
     def revision(self) -> str | None:
         """The schema revision, ``None`` for a database without our tables."""
@@ -400,10 +462,16 @@ class StateStore:
         if not rows:
             return
         stmt: Any
+        # Imported here: loading the PostgreSQL dialect package (every driver's module) costs
+        # an SQLite gateway's start-up for nothing, and the other way round.
         if self.dialect == "postgresql":
-            stmt = postgresql.insert(platform_state)
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(platform_state)
         elif self.dialect == "sqlite":
-            stmt = sqlite.insert(platform_state)
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(platform_state)
         else:
             raise StoreError(f"unsupported database {self.dialect}; use SQLite or PostgreSQL")
         columns = {c.name: stmt.excluded[c.name] for c in platform_state.c if c.name != "platform"}
@@ -566,61 +634,6 @@ class StateStore:
         return rows
 
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _sidecars(path: Path) -> tuple[int, int]:
-    """Sizes of the -wal and -shm files beside ``path``; -1 for one that does not exist."""
-
-    def size(suffix: str) -> int:
-        try:
-            return os.stat(f"{path}{suffix}").st_size
-        except FileNotFoundError:
-            return -1
-
-    return size("-wal"), size("-shm")
-
-
-def _read_only_uri(path: Path) -> tuple[str, tuple[int, int] | None]:
-    """An SQLite URI that reads ``path`` faithfully and creates nothing beside it; for an
-    ``immutable`` one (read without locks) also the sidecar files it was chosen on.
-
-    ``mode=ro`` alone is not enough: on a WAL database SQLite creates the -wal and -shm files
-    if they are missing (or, in a directory it cannot write, fails with "attempt to write a
-    readonly database"). Both exist while any connection has the database open, and SQLite
-    deletes both when the last one closes cleanly; a crash leaves both. So:
-
-    - both present: a gateway has it open, or died: ``mode=ro``, through SQLite's locks and
-      WAL index (nothing is created, both exist);
-    - a -wal holding data without its -shm (copied or cleaned up by hand): no way to read the
-      data without creating the -shm; refused;
-    - otherwise no connection has the database open and no WAL holds data: a WAL database is
-      read ``immutable`` (no locks, no sidecar files). If a gateway opens it meanwhile,
-      :meth:`StateStore.read_consistently` notices and reads again through the locks;
-    - a rollback-journal database (not WAL) creates nothing under ``mode=ro``, which also
-      respects a hot journal that ``immutable`` would ignore.
-    """
-    wal, shm = quiet = _sidecars(path)
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"  # a "?" or "#" in the path is data
-    if wal >= 0 and shm >= 0:
-        return uri, None
-    if wal > 0:
-        raise StoreError(
-            f"{path}-wal holds transactions but {path.name}-shm is missing: reading them would "
-            f"create {path.name}-shm. Start the gateway once (it folds the WAL into the "
-            f"database), or run sqlite3 {path} 'PRAGMA wal_checkpoint' as a user who may write there"
-        )
-    try:
-        with path.open("rb") as f:
-            header = f.read(100)
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    wal_mode = header.startswith(_SQLITE_MAGIC) and len(header) == 100 and 2 in header[18:20]
-    if wal_mode or wal >= 0 or shm >= 0:
-        return f"{uri}&immutable=1", quiet
-    return uri, None
-
-
 def is_row_error(exc: BaseException) -> bool:
     """True if ``exc`` says that the data of a row is bad, not that the database is unavailable.
 
@@ -650,7 +663,3 @@ def _short(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     msg = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(orig or exc).__name__}: {msg[0] if msg else ''}"
-
-
-def default_sqlite_url(directory: str | os.PathLike[str]) -> str:
-    return f"sqlite:///{Path(directory).resolve() / 'hermes.db'}"

@@ -8,6 +8,8 @@ from datetime import datetime
 
 
 def width(text: str) -> int:
+    if text.isascii():
+        return len(text)  # every ASCII character is one column (and most cells are ASCII)
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
@@ -27,16 +29,23 @@ def clip(text: str, limit: int) -> str:
 def render(headers: Sequence[str], rows: Sequence[Sequence[str]], *, last_max: int = 80) -> str:
     """Left-aligned columns separated by two spaces; the last column is clipped to ``last_max``."""
     rows = [[*r[:-1], clip(r[-1], last_max)] if r else [] for r in rows]
-    widths = [width(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], width(cell))
+    header_widths = [width(h) for h in headers]
+    cell_widths = [[width(c) for c in row] for row in rows]
+    widths = list(header_widths)
+    for row_widths in cell_widths:
+        for i, w in enumerate(row_widths):
+            widths[i] = max(widths[i], w)
 
-    def line(cells: Sequence[str]) -> str:
-        parts = [c + " " * (widths[i] - width(c)) for i, c in enumerate(cells)]
+    def line(cells: Sequence[str], cell_widths: Sequence[int]) -> str:
+        parts = [c + " " * (widths[i] - cell_widths[i]) for i, c in enumerate(cells)]
         return "  ".join(parts).rstrip()
 
-    return "\n".join([line(headers), *(line(r) for r in rows)])
+    return "\n".join(
+        [
+            line(headers, header_widths),
+            *(line(r, w) for r, w in zip(rows, cell_widths, strict=True)),
+        ]
+    )
 
 
 def local_time(value: datetime | None) -> str:
