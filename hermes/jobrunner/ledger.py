@@ -17,6 +17,7 @@ from loguru import logger
 from sqlalchemy import (
     Engine,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -30,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from hermes.inbox.schema import inbox
-from watchdog.schema import fitted, job_runs, outbox
+from watchdog.schema import fitted, job_runs, outbox, storable
 from watchdog.store import is_row_error
 from watchdog.tasks import describe_exception
 
@@ -83,12 +84,357 @@ class Outgoing:
     expires_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    """A run of a route for a stored message, to be started (see :meth:`Ledger.start_run`);
+    its outcome is the run id, or None if another run has the inbox row."""
+
+    kind: str
+    name: str
+    trigger: str
+    platform: str | None = None
+    message_id: str | None = None
+    inbox_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRun:
+    """The end of a run and what it produced (see :meth:`Ledger.finish_run`); its outcome
+    is a :class:`Finished`."""
+
+    run_id: str
+    status: str
+    error: str | None = None
+    output: str | None = None
+    messages: Sequence[Outgoing] = ()
+    again: bool = False
+    send_now: frozenset[str] = frozenset()
+    """Platforms connected now: their messages are claimed for sending in the same
+    transaction, unless an earlier row of their chat is pending."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    ids: list[int]
+    """The outbox rows stored."""
+    claimed: list[Delivery]
+    """Those of them already marked ``sending``: to be sent now, in this order."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDelivered:
+    """A delivery's outcome (see :meth:`Ledger.delivered`); its outcome is None."""
+
+    row_id: int
+    platform_message_id: str | None = None
+    note: str | None = None
+
+
+Write = StartRun | FinishRun | MarkDelivered
+"""What the job runner and the outbox write in group commits (:meth:`Ledger.write`)."""
+
+
 class Ledger:
     """SQL operations of the job runner and the outbox."""
 
     def __init__(self, engine: Engine, instance_id: str | None = None) -> None:
         self.engine = engine
         self.instance_id = instance_id
+
+    # -- group commits
+
+    def write(self, ops: Sequence[Write]) -> list[Any]:
+        """Run starts, run ends with their outbox rows, and delivery marks of many runs, in
+        one transaction; an outcome per op (its result, or the exception it alone met).
+
+        The same writes as :meth:`start_run`, :meth:`finish_run` and :meth:`delivered`, each
+        kind done for the whole batch in a few statements. If the database refuses a row
+        (:func:`~watchdog.store.is_row_error`), nothing of the batch is kept and each op is
+        written alone by those methods, which fit or fail just that row. An outage raises."""
+        try:
+            with self.engine.begin() as conn:
+                return self._write(conn, ops)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            logger.warning(
+                "ledger: the database refused part of a batch of {} writes ({}); writing them one by one",
+                len(ops),
+                describe_exception(exc),
+            )
+        return [self._write_alone(op) for op in ops]
+
+    def _write_alone(self, op: Write) -> Any:
+        try:
+            if isinstance(op, StartRun):
+                return self.start_run(
+                    kind=op.kind,
+                    name=op.name,
+                    trigger=op.trigger,
+                    platform=op.platform,
+                    message_id=op.message_id,
+                    inbox_id=op.inbox_id,
+                )
+            if isinstance(op, FinishRun):
+                ids = self.finish_run(
+                    op.run_id,
+                    op.status,
+                    error=op.error,
+                    output=op.output,
+                    messages=op.messages,
+                    again=op.again,
+                )
+                return Finished(ids, [])  # left pending: the outbox loop sends them
+            self.delivered(op.row_id, op.platform_message_id, op.note)
+            return None
+        except Exception as exc:
+            return exc
+
+    def _write(self, conn: Any, ops: Sequence[Write]) -> list[Any]:
+        now = now_utc()
+        out: list[Any] = [None] * len(ops)
+        starts = [(i, op) for i, op in enumerate(ops) if isinstance(op, StartRun)]
+        finishes = [(i, op) for i, op in enumerate(ops) if isinstance(op, FinishRun)]
+        marks = [op for op in ops if isinstance(op, MarkDelivered)]
+        if starts:
+            self._start_many(conn, starts, out, now)
+        if finishes:
+            self._finish_many(conn, finishes, out, now)
+        if marks:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == bindparam("b_id"))
+                .values(
+                    status="delivered",
+                    delivered_at=now,
+                    updated_at=now,
+                    platform_message_id=bindparam("b_pid"),
+                    last_error=bindparam("b_note"),
+                ),
+                [
+                    {"b_id": m.row_id, "b_pid": m.platform_message_id, "b_note": m.note}
+                    for m in marks
+                ],
+            )
+        return out
+
+    def _start_many(
+        self, conn: Any, starts: list[tuple[int, StartRun]], out: list[Any], now: datetime
+    ) -> None:
+        wanted = [op.inbox_id for _, op in starts if op.inbox_id is not None]
+        free: set[int] = set()
+        for i in range(0, len(wanted), 500):
+            free.update(
+                r[0]
+                for r in conn.execute(
+                    select(inbox.c.id)
+                    .where(
+                        inbox.c.id.in_(wanted[i : i + 500]),
+                        inbox.c.status == "received",
+                        inbox.c.run_id.is_(None),
+                    )
+                    .with_for_update()
+                )
+            )
+        rows, takes = [], []
+        for i, op in starts:
+            if op.inbox_id is not None:
+                if op.inbox_id not in free:
+                    continue  # another run has it (out[i] stays None)
+                free.discard(op.inbox_id)
+            rid = str(uuid.uuid4())
+            rows.append(
+                {
+                    "id": rid,
+                    "kind": op.kind,
+                    "name": op.name,
+                    "trigger": op.trigger,
+                    "platform": op.platform,
+                    "message_id": op.message_id,
+                    "scheduled_for": None,
+                    "started_at": now,
+                    "status": "running",
+                    "instance_id": self.instance_id,
+                }
+            )
+            if op.inbox_id is not None:
+                takes.append({"b_id": op.inbox_id, "b_run": rid})
+            out[i] = rid
+        if takes:
+            conn.execute(
+                update(inbox)
+                .where(inbox.c.id == bindparam("b_id"))
+                .values(run_id=bindparam("b_run"), attempts=inbox.c.attempts + 1, updated_at=now),
+                takes,
+            )
+        if rows:
+            conn.execute(insert(job_runs), rows)
+
+    def _finish_many(
+        self, conn: Any, finishes: list[tuple[int, FinishRun]], out: list[Any], now: datetime
+    ) -> None:
+        conn.execute(
+            update(job_runs)
+            .where(job_runs.c.id == bindparam("b_id"))
+            .values(
+                status=bindparam("b_status"),
+                finished_at=now,
+                error=bindparam("b_error"),
+                output=bindparam("b_output"),
+            ),
+            [
+                {
+                    "b_id": op.run_id,
+                    "b_status": op.status,
+                    "b_error": clip(op.error, ERROR_LIMIT),
+                    "b_output": clip(op.output, OUTPUT_LIMIT),
+                }
+                for _, op in finishes
+            ],
+        )
+        settled = [
+            {"b_run": op.run_id, "b_status": INBOX_OUTCOME.get(op.status, "handled")}
+            for _, op in finishes
+            if not op.again
+        ]
+        if settled:
+            conn.execute(
+                update(inbox)
+                .where(inbox.c.run_id == bindparam("b_run"))
+                .values(status=bindparam("b_status"), updated_at=now),
+                settled,
+            )
+        again = [{"b_run": op.run_id} for _, op in finishes if op.again]
+        if again:
+            conn.execute(
+                update(inbox)
+                .where(inbox.c.run_id == bindparam("b_run"))
+                .values(run_id=None, status="received", updated_at=now),
+                again,
+            )
+        messages = [(i, op, m) for i, op in finishes for m in op.messages]
+        for i, _ in finishes:
+            out[i] = Finished([], [])
+        if not messages:
+            return
+        for (i, _, _), (row_id, delivery) in zip(
+            messages, self._enqueue_many(conn, [(m, op) for _, op, m in messages], now), strict=True
+        ):
+            if row_id is not None:
+                out[i].ids.append(row_id)
+            if delivery is not None:
+                out[i].claimed.append(delivery)
+
+    def _enqueue_many(
+        self, conn: Any, items: list[tuple[Outgoing, FinishRun]], now: datetime
+    ) -> list[tuple[int | None, Delivery | None]]:
+        """:meth:`_enqueue` for a batch, in a few statements: each message's new row id
+        (None if its key was there already) and, when claimed at once, its delivery.
+
+        A message is claimed (stored ``sending``) when its platform is connected and no
+        earlier row of its chat is ``pending``; otherwise it waits, and the outbox loop
+        takes it in order. Rows ``sending`` are this process's, being sent in order by its
+        chat's sender (a dead process's were made ``pending`` at start)."""
+        keys = list({storable(m.key) for m, _ in items})
+        reply_tos = list({storable(m.reply_to) for m, _ in items if m.reply_to is not None})
+        chat_ids = list({storable(m.chat_id) for m, op in items if m.platform in op.send_now})
+        existing: set[str] = set()
+        seqs: dict[str, int] = {}
+        held: set[tuple[str, str, str]] = set()
+        for part in _chunks(keys):
+            existing.update(
+                r[0]
+                for r in conn.execute(
+                    select(outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(part))
+                )
+            )
+        for part in _chunks(reply_tos):
+            seqs.update(
+                (r[0], int(r[1] or 0))
+                for r in conn.execute(
+                    select(outbox.c.reply_to, func.max(outbox.c.reply_seq))
+                    .where(outbox.c.reply_to.in_(part))
+                    .group_by(outbox.c.reply_to)
+                )
+            )
+        for part in _chunks(chat_ids):
+            held.update(
+                (r[0], r[1], r[2])
+                for r in conn.execute(
+                    select(outbox.c.platform, outbox.c.chat_kind, outbox.c.chat_id)
+                    .where(outbox.c.status == "pending", outbox.c.chat_id.in_(part))
+                    .distinct()
+                )
+            )
+        rows: list[dict[str, Any]] = []
+        plan: list[tuple[str, Outgoing, int | None, bool] | None] = []
+        for m, op in items:
+            key = storable(m.key)
+            if key in existing:
+                plan.append(None)
+                continue
+            existing.add(key)
+            seq = None
+            if m.reply_to is not None:
+                reply_to = storable(m.reply_to)
+                seq = seqs.get(reply_to, 0) + 1
+                seqs[reply_to] = seq
+            chat = (storable(m.platform), storable(m.chat_kind), storable(m.chat_id))
+            claim = m.platform in op.send_now and chat not in held
+            if not claim:
+                held.add(chat)  # the chat's later rows of this batch wait behind this one
+            row = {
+                "idempotency_key": m.key,
+                "platform": m.platform,
+                "chat_kind": m.chat_kind,
+                "chat_id": m.chat_id,
+                "text": m.text,
+                "reply_to": m.reply_to,
+                "reply_seq": seq,
+                "expires_at": m.expires_at,
+                "status": "sending" if claim else "pending",
+                "attempts": 1 if claim else 0,
+                "next_attempt_at": now,
+                "last_error": None,
+                "run_id": op.run_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            rows.append(row)
+            plan.append((key, m, seq, claim))
+        if rows:
+            conn.execute(insert(outbox), rows)
+        ids: dict[str, int] = {}
+        for part in _chunks([entry[0] for entry in plan if entry is not None]):
+            ids.update(
+                (r[1], int(r[0]))
+                for r in conn.execute(
+                    select(outbox.c.id, outbox.c.idempotency_key).where(
+                        outbox.c.idempotency_key.in_(part)
+                    )
+                )
+            )
+        result: list[tuple[int | None, Delivery | None]] = []
+        for entry in plan:
+            if entry is None:
+                result.append((None, None))
+                continue
+            key, m, seq, claim = entry
+            rid = ids[key]
+            delivery = None
+            if claim:
+                delivery = Delivery(
+                    rid,
+                    storable(m.platform),
+                    storable(m.chat_kind),
+                    storable(m.chat_id),
+                    storable(m.text),
+                    storable(m.reply_to) if m.reply_to is not None else None,
+                    seq,
+                    1,
+                )
+            result.append((rid, delivery))
+        return result
 
     # -- runs
 
@@ -596,6 +942,10 @@ class Ledger:
             query = query.where(outbox.c.status == status)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 def _take(conn: Any, inbox_id: int, run_id: str) -> bool:
