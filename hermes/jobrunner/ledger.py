@@ -7,17 +7,17 @@ never race each other; the ``hermes jobs`` CLI calls a few of them directly.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from sqlalchemy import (
     Engine,
     and_,
-    bindparam,
     delete,
     exists,
     func,
@@ -34,6 +34,8 @@ from hermes.inbox.schema import inbox
 from watchdog.schema import fitted, job_runs, outbox, storable
 from watchdog.store import is_row_error
 from watchdog.tasks import describe_exception
+
+T = TypeVar("T")
 
 REQUEST_MAX_AGE = timedelta(minutes=10)
 OUTPUT_LIMIT = 4000
@@ -191,49 +193,39 @@ class Ledger:
             return exc
 
     def _write(self, conn: Any, ops: Sequence[Write]) -> list[Any]:
-        now = now_utc()
+        """The batch, straight to the driver: a few SQL strings, each value bound once as
+        its column type would bind it. Through SQLAlchemy's per-statement compilation it
+        cost several times more, and this is every reply's database cost."""
+        sql = _Sql(conn)
+        now = now_utc()  # one time for the batch, as each write alone took its own
         out: list[Any] = [None] * len(ops)
         starts = [(i, op) for i, op in enumerate(ops) if isinstance(op, StartRun)]
         finishes = [(i, op) for i, op in enumerate(ops) if isinstance(op, FinishRun)]
         marks = [op for op in ops if isinstance(op, MarkDelivered)]
         if starts:
-            self._start_many(conn, starts, out, now)
+            self._start_many(sql, starts, out, now)
         if finishes:
-            self._finish_many(conn, finishes, out, now)
+            self._finish_many(sql, finishes, out, now)
         if marks:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == bindparam("b_id"))
-                .values(
-                    status="delivered",
-                    delivered_at=now,
-                    updated_at=now,
-                    platform_message_id=bindparam("b_pid"),
-                    last_error=bindparam("b_note"),
-                ),
-                [
-                    {"b_id": m.row_id, "b_pid": m.platform_message_id, "b_note": m.note}
-                    for m in marks
-                ],
+            sql.many(
+                "UPDATE outbox SET status = 'delivered', delivered_at = {}, updated_at = {},"
+                " platform_message_id = {}, last_error = {} WHERE id = {}",
+                [(now, now, m.platform_message_id, m.note, m.row_id) for m in marks],
             )
         return out
 
     def _start_many(
-        self, conn: Any, starts: list[tuple[int, StartRun]], out: list[Any], now: datetime
+        self, sql: _Sql, starts: list[tuple[int, StartRun]], out: list[Any], now: datetime
     ) -> None:
         wanted = [op.inbox_id for _, op in starts if op.inbox_id is not None]
         free: set[int] = set()
-        for i in range(0, len(wanted), 500):
+        for part in _chunks(wanted):
             free.update(
-                r[0]
-                for r in conn.execute(
-                    select(inbox.c.id)
-                    .where(
-                        inbox.c.id.in_(wanted[i : i + 500]),
-                        inbox.c.status == "received",
-                        inbox.c.run_id.is_(None),
-                    )
-                    .with_for_update()
+                int(r[0])
+                for r in sql.rows(
+                    "SELECT id FROM inbox WHERE id IN ({in_}) AND status = 'received'"
+                    " AND run_id IS NULL" + sql.for_update,
+                    part,
                 )
             )
         rows, takes = [], []
@@ -244,196 +236,159 @@ class Ledger:
                 free.discard(op.inbox_id)
             rid = str(uuid.uuid4())
             rows.append(
-                {
-                    "id": rid,
-                    "kind": op.kind,
-                    "name": op.name,
-                    "trigger": op.trigger,
-                    "platform": op.platform,
-                    "message_id": op.message_id,
-                    "scheduled_for": None,
-                    "started_at": now,
-                    "status": "running",
-                    "instance_id": self.instance_id,
-                }
+                (
+                    rid,
+                    op.kind,
+                    op.name,
+                    op.trigger,
+                    op.platform,
+                    op.message_id,
+                    now,
+                    "running",
+                    self.instance_id,
+                )
             )
             if op.inbox_id is not None:
-                takes.append({"b_id": op.inbox_id, "b_run": rid})
+                takes.append((rid, now, op.inbox_id))
             out[i] = rid
         if takes:
-            conn.execute(
-                update(inbox)
-                .where(inbox.c.id == bindparam("b_id"))
-                .values(run_id=bindparam("b_run"), attempts=inbox.c.attempts + 1, updated_at=now),
+            sql.many(
+                "UPDATE inbox SET run_id = {}, attempts = attempts + 1, updated_at = {}"
+                " WHERE id = {}",
                 takes,
             )
         if rows:
-            conn.execute(insert(job_runs), rows)
+            sql.many(
+                'INSERT INTO job_runs (id, kind, name, "trigger", platform, message_id, started_at,'
+                " status, instance_id) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})",
+                rows,
+            )
 
     def _finish_many(
-        self, conn: Any, finishes: list[tuple[int, FinishRun]], out: list[Any], now: datetime
+        self, sql: _Sql, finishes: list[tuple[int, FinishRun]], out: list[Any], now: datetime
     ) -> None:
-        conn.execute(
-            update(job_runs)
-            .where(job_runs.c.id == bindparam("b_id"))
-            .values(
-                status=bindparam("b_status"),
-                finished_at=now,
-                error=bindparam("b_error"),
-                output=bindparam("b_output"),
-            ),
+        sql.many(
+            "UPDATE job_runs SET status = {}, finished_at = {}, error = {}, output = {}"
+            " WHERE id = {}",
             [
-                {
-                    "b_id": op.run_id,
-                    "b_status": op.status,
-                    "b_error": clip(op.error, ERROR_LIMIT),
-                    "b_output": clip(op.output, OUTPUT_LIMIT),
-                }
+                (
+                    op.status,
+                    now,
+                    clip(op.error, ERROR_LIMIT),
+                    clip(op.output, OUTPUT_LIMIT),
+                    op.run_id,
+                )
                 for _, op in finishes
             ],
         )
         settled = [
-            {"b_run": op.run_id, "b_status": INBOX_OUTCOME.get(op.status, "handled")}
+            (INBOX_OUTCOME.get(op.status, "handled"), now, op.run_id)
             for _, op in finishes
             if not op.again
         ]
         if settled:
-            conn.execute(
-                update(inbox)
-                .where(inbox.c.run_id == bindparam("b_run"))
-                .values(status=bindparam("b_status"), updated_at=now),
+            sql.many(
+                "UPDATE inbox SET status = {}, updated_at = {} WHERE run_id = {}",
                 settled,
             )
-        again = [{"b_run": op.run_id} for _, op in finishes if op.again]
+        again = [(now, op.run_id) for _, op in finishes if op.again]
         if again:
-            conn.execute(
-                update(inbox)
-                .where(inbox.c.run_id == bindparam("b_run"))
-                .values(run_id=None, status="received", updated_at=now),
+            sql.many(
+                "UPDATE inbox SET run_id = NULL, status = 'received', updated_at = {}"
+                " WHERE run_id = {}",
                 again,
             )
-        messages = [(i, op, m) for i, op in finishes for m in op.messages]
         for i, _ in finishes:
             out[i] = Finished([], [])
+        messages = [(i, op, m) for i, op in finishes for m in op.messages]
         if not messages:
             return
-        for (i, _, _), (row_id, delivery) in zip(
-            messages, self._enqueue_many(conn, [(m, op) for _, op, m in messages], now), strict=True
-        ):
+        placed = self._enqueue_many(sql, [(m, op) for _, op, m in messages], now)
+        for (i, _, _), (row_id, delivery) in zip(messages, placed, strict=True):
             if row_id is not None:
                 out[i].ids.append(row_id)
             if delivery is not None:
                 out[i].claimed.append(delivery)
 
     def _enqueue_many(
-        self, conn: Any, items: list[tuple[Outgoing, FinishRun]], now: datetime
+        self, sql: _Sql, items: list[tuple[Outgoing, FinishRun]], now: datetime
     ) -> list[tuple[int | None, Delivery | None]]:
-        """:meth:`_enqueue` for a batch, in a few statements: each message's new row id
-        (None if its key was there already) and, when claimed at once, its delivery.
+        """:meth:`_enqueue` for a batch: each message's new row id (None if its key was
+        there already) and, when claimed at once, its delivery.
 
         A message is claimed (stored ``sending``) when its platform is connected and no
         earlier row of its chat is ``pending``; otherwise it waits, and the outbox loop
         takes it in order. Rows ``sending`` are this process's, being sent in order by its
         chat's sender (a dead process's were made ``pending`` at start)."""
-        keys = list({storable(m.key) for m, _ in items})
         reply_tos = list({storable(m.reply_to) for m, _ in items if m.reply_to is not None})
         chat_ids = list({storable(m.chat_id) for m, op in items if m.platform in op.send_now})
-        existing: set[str] = set()
         seqs: dict[str, int] = {}
         held: set[tuple[str, str, str]] = set()
-        for part in _chunks(keys):
-            existing.update(
-                r[0]
-                for r in conn.execute(
-                    select(outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(part))
-                )
-            )
         for part in _chunks(reply_tos):
             seqs.update(
                 (r[0], int(r[1] or 0))
-                for r in conn.execute(
-                    select(outbox.c.reply_to, func.max(outbox.c.reply_seq))
-                    .where(outbox.c.reply_to.in_(part))
-                    .group_by(outbox.c.reply_to)
+                for r in sql.rows(
+                    "SELECT reply_to, max(reply_seq) FROM outbox WHERE reply_to IN ({in_})"
+                    " GROUP BY reply_to",
+                    part,
                 )
             )
         for part in _chunks(chat_ids):
             held.update(
                 (r[0], r[1], r[2])
-                for r in conn.execute(
-                    select(outbox.c.platform, outbox.c.chat_kind, outbox.c.chat_id)
-                    .where(outbox.c.status == "pending", outbox.c.chat_id.in_(part))
-                    .distinct()
+                for r in sql.rows(
+                    "SELECT DISTINCT platform, chat_kind, chat_id FROM outbox"
+                    " WHERE status = 'pending' AND chat_id IN ({in_})",
+                    part,
                 )
             )
-        rows: list[dict[str, Any]] = []
-        plan: list[tuple[str, Outgoing, int | None, bool] | None] = []
+        planned: list[tuple[str, Delivery | None]] = []
+        rows = []
         for m, op in items:
             key = storable(m.key)
-            if key in existing:
-                plan.append(None)
-                continue
-            existing.add(key)
             seq = None
-            if m.reply_to is not None:
-                reply_to = storable(m.reply_to)
+            reply_to = storable(m.reply_to) if m.reply_to is not None else None
+            if reply_to is not None:
                 seq = seqs.get(reply_to, 0) + 1
                 seqs[reply_to] = seq
             chat = (storable(m.platform), storable(m.chat_kind), storable(m.chat_id))
             claim = m.platform in op.send_now and chat not in held
             if not claim:
                 held.add(chat)  # the chat's later rows of this batch wait behind this one
-            row = {
-                "idempotency_key": m.key,
-                "platform": m.platform,
-                "chat_kind": m.chat_kind,
-                "chat_id": m.chat_id,
-                "text": m.text,
-                "reply_to": m.reply_to,
-                "reply_seq": seq,
-                "expires_at": m.expires_at,
-                "status": "sending" if claim else "pending",
-                "attempts": 1 if claim else 0,
-                "next_attempt_at": now,
-                "last_error": None,
-                "run_id": op.run_id,
-                "created_at": now,
-                "updated_at": now,
-            }
-            rows.append(row)
-            plan.append((key, m, seq, claim))
-        if rows:
-            conn.execute(insert(outbox), rows)
+            text = storable(m.text)
+            delivery = Delivery(0, *chat, text, reply_to, seq, 1) if claim else None
+            planned.append((key, delivery))
+            rows.append(
+                (
+                    key, *chat, text, reply_to, seq, m.expires_at,
+                    "sending" if claim else "pending", 1 if claim else 0,
+                    now, op.run_id, now, now,
+                )
+            )  # fmt: skip
         ids: dict[str, int] = {}
-        for part in _chunks([entry[0] for entry in plan if entry is not None]):
+        for chunk in _chunks(rows):
+            # One statement per chunk; RETURNING names the rows that went in (a key already
+            # stored is skipped: enqueueing is idempotent).
             ids.update(
                 (r[1], int(r[0]))
-                for r in conn.execute(
-                    select(outbox.c.id, outbox.c.idempotency_key).where(
-                        outbox.c.idempotency_key.in_(part)
-                    )
+                for r in sql.rows(
+                    "INSERT INTO outbox (idempotency_key, platform, chat_kind, chat_id, text,"
+                    " reply_to, reply_seq, expires_at, status, attempts, next_attempt_at, run_id,"
+                    " created_at, updated_at) VALUES {values}"
+                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+                    [v for row in chunk for v in row],
+                    shape=(len(chunk), 14),
                 )
             )
         result: list[tuple[int | None, Delivery | None]] = []
-        for entry in plan:
-            if entry is None:
+        for key, delivery in planned:
+            rid = ids.pop(key, None)  # pop: a key twice in one batch is stored once
+            if rid is None:
                 result.append((None, None))
-                continue
-            key, m, seq, claim = entry
-            rid = ids[key]
-            delivery = None
-            if claim:
-                delivery = Delivery(
-                    rid,
-                    storable(m.platform),
-                    storable(m.chat_kind),
-                    storable(m.chat_id),
-                    storable(m.text),
-                    storable(m.reply_to) if m.reply_to is not None else None,
-                    seq,
-                    1,
-                )
-            result.append((rid, delivery))
+            elif delivery is None:
+                result.append((rid, None))
+            else:
+                result.append((rid, dataclasses.replace(delivery, id=rid)))
         return result
 
     # -- runs
@@ -944,8 +899,49 @@ class Ledger:
             return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def _chunks(values: list[str], size: int = 500) -> list[list[str]]:
+def _chunks(values: list[T], size: int = 500) -> list[list[T]]:
     return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+class _Sql:
+    """SQL strings for the driver of ``conn``: ``{}`` is a parameter, ``{in_}`` the marks of
+    a list, ``{values}`` the rows of a multi-row VALUES. Values are bound as the column
+    types would bind them (``storable`` text, UTC times: naive text on SQLite)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sqlite = conn.dialect.name == "sqlite"
+        self.mark = "?" if self.sqlite else "%s"
+        self.for_update = "" if self.sqlite else " FOR UPDATE"
+
+    def bind(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return storable(value)
+        if isinstance(value, datetime):
+            value = value.astimezone(UTC)
+            if self.sqlite:
+                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value
+
+    def _text(self, template: str, n_in: int = 0, shape: tuple[int, int] | None = None) -> str:
+        m = self.mark
+        text = template.replace("{in_}", ", ".join([m] * n_in))
+        if shape is not None:
+            row = "(" + ", ".join([m] * shape[1]) + ")"
+            text = text.replace("{values}", ", ".join([row] * shape[0]))
+        return text.replace("{}", m)
+
+    def many(self, template: str, rows: list[tuple[Any, ...]]) -> None:
+        """``template`` once per row, in one executemany."""
+        bind = self.bind
+        self.conn.exec_driver_sql(self._text(template), [tuple(map(bind, r)) for r in rows])
+
+    def rows(
+        self, template: str, values: list[Any], *, shape: tuple[int, int] | None = None
+    ) -> list[Any]:
+        """The rows ``template`` returns; ``values`` fill ``{in_}`` or ``{values}``."""
+        text = self._text(template, 0 if shape else len(values), shape)
+        return list(self.conn.exec_driver_sql(text, tuple(map(self.bind, values))))
 
 
 def _take(conn: Any, inbox_id: int, run_id: str) -> bool:
