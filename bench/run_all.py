@@ -12,7 +12,15 @@ import traceback
 
 from common import REPO, Section, machine, save
 
-MODULES = ["watchdog_cost", "detection", "throughput", "startup", "status_scale", "memory"]
+MODULES = [
+    "watchdog_cost",
+    "detection",
+    "throughput",
+    "http_clients",
+    "startup",
+    "status_scale",
+    "memory",
+]
 
 
 def main() -> None:
