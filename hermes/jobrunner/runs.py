@@ -5,6 +5,11 @@ Every run is a row before it starts and gets its status when it ends: ``ok``, ``
 ``cancelled`` (shutdown) or ``missed`` (a scheduled run later than its misfire grace).
 What a run produces goes into the outbox in the same transaction that ends it.
 
+Run starts and ends are group-committed: one transaction holds the starts (each taking its
+inbox row), the ends (each with its outbox rows) and the delivered marks of many runs
+(:class:`~hermes.jobrunner.groupcommit.GroupCommit`). A reply its commit could claim goes
+straight to its chat's sender, without waiting for the outbox loop.
+
 A run is a task of its own: a slow or hanging handler never blocks the adapter that
 received the message, other platforms, the watchdog tick or the pings. Concurrency is
 limited per route and overall.
@@ -99,11 +104,11 @@ class JobRunner:
         routes: Sequence[Route],
         jobs: Sequence[JobSettings],
         environ: Mapping[str, str],
-        writes: GroupCommit[Write, Any] | None = None,
     ) -> None:
         self.ledger = ledger
-        self.writes = writes if writes is not None else outbox.writes
-        """Run starts and ends go through this group commit (None: each its own call)."""
+        self.writes: GroupCommit[Write, Any] | None = outbox.writes
+        """Run starts and ends go through the outbox's group commit, with the delivered
+        marks (None: each its own call)."""
         self.db = db
         self.outbox = outbox
         self.platforms = platforms
