@@ -116,6 +116,8 @@ class Outbox:
         """Pending rows may wait behind a chat being sent: a lane that ends wakes the loop."""
 
     def wake(self) -> None:
+        """Rows were stored ``pending``: a pass of the loop now, and again when a chat's
+        sender ends (they may wait behind it)."""
         self._maybe_held = True
         self._wake.set()
 
@@ -188,7 +190,9 @@ class Outbox:
         self._senders.discard(task)
         if self._maybe_held:
             # Rows behind this chat's (beyond the batch, or claimed while it sent) may go now.
-            self.wake()
+            # Not wake(): a pass that finds no chat being sent clears the flag, so a steady
+            # flow of replies sent inline costs no pass of the loop per reply.
+            self._wake.set()
 
     async def _deliver_chat(self, chat: Chat, lane: deque[Delivery]) -> None:
         """Send one chat's claimed rows in order, including rows handed to its lane while
