@@ -217,6 +217,9 @@ class Ledger:
     def _start_many(
         self, sql: _Sql, starts: list[tuple[int, StartRun]], out: list[Any], now: datetime
     ) -> None:
+        # The rows still free, then taken without a second look: a row's run_id and status
+        # are written only on this writer thread (and, on PostgreSQL, FOR UPDATE locks them
+        # against another process), so nothing changes them in between.
         wanted = [op.inbox_id for _, op in starts if op.inbox_id is not None]
         free: set[int] = set()
         for part in _chunks(wanted):
