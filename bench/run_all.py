@@ -16,6 +16,7 @@ MODULES = [
     "watchdog_cost",
     "detection",
     "throughput",
+    "http_clients",
     "telegram_receive",
     "telegram_detection",
     "startup",

@@ -33,8 +33,9 @@ from hermes.adapters.base import Adapter
 from hermes.config import GatewayConfig, PlatformConfig, load_config
 from hermes.inbox.intake import Intake, PlatformInbound
 from hermes.inbox.store import InboxStore
+from hermes.jobrunner.groupcommit import GroupCommit
 from hermes.jobrunner.handlers import build_routes
-from hermes.jobrunner.ledger import DB_ERRORS, Ledger
+from hermes.jobrunner.ledger import DB_ERRORS, Ledger, Write
 from hermes.jobrunner.outbox import Outbox
 from hermes.jobrunner.runs import JobRunner
 from hermes.jobrunner.schedule import JobScheduler
@@ -235,7 +236,14 @@ class Gateway:
                 interrupted,
                 recovered,
             )
-        self.outbox = Outbox(self.ledger, self.db, self, cfg.outbox, self.tasks)
+        writes: GroupCommit[Write, Any] = GroupCommit(
+            self.db,
+            self.ledger.write,
+            batch=cfg.runner.commit_batch,
+            flush_after=cfg.runner.commit_after,
+            name="ledger",
+        )
+        self.outbox = Outbox(self.ledger, self.db, self, cfg.outbox, self.tasks, writes)
         self.runner = JobRunner(
             self.ledger,
             self.db,
@@ -254,6 +262,7 @@ class Gateway:
         self.intake = Intake(
             inbox, cfg.inbox, on_stored=self.runner.on_stored, saved=saved, board=self.board
         )
+        self._essential(writes.run(), "ledger:commit")
         self._essential(self.intake.run(), "inbox:commit")
         self._essential(self.runner.poll_backlog(cfg.inbox.backlog_poll), "inbox:backlog")
         self._essential(self.outbox.run(), "outbox:delivery")

@@ -7,11 +7,12 @@ never race each other; the ``hermes jobs`` CLI calls a few of them directly.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from sqlalchemy import (
@@ -30,9 +31,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from hermes.inbox.schema import inbox
-from watchdog.schema import fitted, job_runs, outbox
+from watchdog.schema import fitted, job_runs, outbox, storable
 from watchdog.store import is_row_error
 from watchdog.tasks import describe_exception
+
+T = TypeVar("T")
 
 REQUEST_MAX_AGE = timedelta(minutes=10)
 OUTPUT_LIMIT = 4000
@@ -83,12 +86,313 @@ class Outgoing:
     expires_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    """A run of a route for a stored message, to be started (see :meth:`Ledger.start_run`);
+    its outcome is the run id, or None if another run has the inbox row."""
+
+    kind: str
+    name: str
+    trigger: str
+    platform: str | None = None
+    message_id: str | None = None
+    inbox_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRun:
+    """The end of a run and what it produced (see :meth:`Ledger.finish_run`); its outcome
+    is a :class:`Finished`."""
+
+    run_id: str
+    status: str
+    error: str | None = None
+    output: str | None = None
+    messages: Sequence[Outgoing] = ()
+    again: bool = False
+    send_now: frozenset[str] = frozenset()
+    """Platforms connected now: their messages are claimed for sending in the same
+    transaction, unless an earlier row of their chat is pending."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    ids: list[int]
+    """The outbox rows stored."""
+    claimed: list[Delivery]
+    """Those of them already marked ``sending``: to be sent now, in this order."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDelivered:
+    """A delivery's outcome (see :meth:`Ledger.delivered`); its outcome is None."""
+
+    row_id: int
+    platform_message_id: str | None = None
+    note: str | None = None
+
+
+Write = StartRun | FinishRun | MarkDelivered
+"""What the job runner and the outbox write in group commits (:meth:`Ledger.write`)."""
+
+
 class Ledger:
     """SQL operations of the job runner and the outbox."""
 
     def __init__(self, engine: Engine, instance_id: str | None = None) -> None:
         self.engine = engine
         self.instance_id = instance_id
+
+    # -- group commits
+
+    def write(self, ops: Sequence[Write]) -> list[Any]:
+        """Run starts, run ends with their outbox rows, and delivery marks of many runs, in
+        one transaction; an outcome per op (its result, or the exception it alone met).
+
+        The same writes as :meth:`start_run`, :meth:`finish_run` and :meth:`delivered`, each
+        kind done for the whole batch in a few statements. If the database refuses a row
+        (:func:`~watchdog.store.is_row_error`), nothing of the batch is kept and each op is
+        written alone by those methods, which fit or fail just that row. An outage raises."""
+        try:
+            with self.engine.begin() as conn:
+                return self._write(conn, ops)
+        except Exception as exc:
+            if not is_row_error(exc):
+                raise
+            logger.warning(
+                "ledger: the database refused part of a batch of {} writes ({}); writing them one by one",
+                len(ops),
+                describe_exception(exc),
+            )
+        return [self._write_alone(op) for op in ops]
+
+    def _write_alone(self, op: Write) -> Any:
+        try:
+            if isinstance(op, StartRun):
+                return self.start_run(
+                    kind=op.kind,
+                    name=op.name,
+                    trigger=op.trigger,
+                    platform=op.platform,
+                    message_id=op.message_id,
+                    inbox_id=op.inbox_id,
+                )
+            if isinstance(op, FinishRun):
+                ids = self.finish_run(
+                    op.run_id,
+                    op.status,
+                    error=op.error,
+                    output=op.output,
+                    messages=op.messages,
+                    again=op.again,
+                )
+                return Finished(ids, [])  # left pending: the outbox loop sends them
+            self.delivered(op.row_id, op.platform_message_id, op.note)
+            return None
+        except Exception as exc:
+            return exc
+
+    def _write(self, conn: Any, ops: Sequence[Write]) -> list[Any]:
+        """The batch, straight to the driver: a few SQL strings, each value bound once as
+        its column type would bind it. Through SQLAlchemy's per-statement compilation it
+        cost several times more, and this is every reply's database cost."""
+        sql = _Sql(conn)
+        now = now_utc()  # one time for the batch, as each write alone took its own
+        out: list[Any] = [None] * len(ops)
+        starts = [(i, op) for i, op in enumerate(ops) if isinstance(op, StartRun)]
+        finishes = [(i, op) for i, op in enumerate(ops) if isinstance(op, FinishRun)]
+        marks = [op for op in ops if isinstance(op, MarkDelivered)]
+        if starts:
+            self._start_many(sql, starts, out, now)
+        if finishes:
+            self._finish_many(sql, finishes, out, now)
+        if marks:
+            sql.many(
+                "UPDATE outbox SET status = 'delivered', delivered_at = {}, updated_at = {},"
+                " platform_message_id = {}, last_error = {} WHERE id = {}",
+                [(now, now, m.platform_message_id, m.note, m.row_id) for m in marks],
+            )
+        return out
+
+    def _start_many(
+        self, sql: _Sql, starts: list[tuple[int, StartRun]], out: list[Any], now: datetime
+    ) -> None:
+        # The rows still free, then taken without a second look: a row's run_id and status
+        # are written only on this writer thread (and, on PostgreSQL, FOR UPDATE locks them
+        # against another process), so nothing changes them in between.
+        wanted = [op.inbox_id for _, op in starts if op.inbox_id is not None]
+        free: set[int] = set()
+        for part in _chunks(wanted):
+            free.update(
+                int(r[0])
+                for r in sql.rows(
+                    "SELECT id FROM inbox WHERE id IN ({in_}) AND status = 'received'"
+                    " AND run_id IS NULL" + sql.for_update,
+                    part,
+                )
+            )
+        rows, takes = [], []
+        for i, op in starts:
+            if op.inbox_id is not None:
+                if op.inbox_id not in free:
+                    continue  # another run has it (out[i] stays None)
+                free.discard(op.inbox_id)
+            rid = str(uuid.uuid4())
+            rows.append(
+                (
+                    rid,
+                    op.kind,
+                    op.name,
+                    op.trigger,
+                    op.platform,
+                    op.message_id,
+                    now,
+                    "running",
+                    self.instance_id,
+                )
+            )
+            if op.inbox_id is not None:
+                takes.append((rid, now, op.inbox_id))
+            out[i] = rid
+        if takes:
+            sql.many(
+                "UPDATE inbox SET run_id = {}, attempts = attempts + 1, updated_at = {}"
+                " WHERE id = {}",
+                takes,
+            )
+        if rows:
+            sql.many(
+                'INSERT INTO job_runs (id, kind, name, "trigger", platform, message_id, started_at,'
+                " status, instance_id) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})",
+                rows,
+            )
+
+    def _finish_many(
+        self, sql: _Sql, finishes: list[tuple[int, FinishRun]], out: list[Any], now: datetime
+    ) -> None:
+        sql.many(
+            "UPDATE job_runs SET status = {}, finished_at = {}, error = {}, output = {}"
+            " WHERE id = {}",
+            [
+                (
+                    op.status,
+                    now,
+                    clip(op.error, ERROR_LIMIT),
+                    clip(op.output, OUTPUT_LIMIT),
+                    op.run_id,
+                )
+                for _, op in finishes
+            ],
+        )
+        settled = [
+            (INBOX_OUTCOME.get(op.status, "handled"), now, op.run_id)
+            for _, op in finishes
+            if not op.again
+        ]
+        if settled:
+            sql.many(
+                "UPDATE inbox SET status = {}, updated_at = {} WHERE run_id = {}",
+                settled,
+            )
+        again = [(now, op.run_id) for _, op in finishes if op.again]
+        if again:
+            sql.many(
+                "UPDATE inbox SET run_id = NULL, status = 'received', updated_at = {}"
+                " WHERE run_id = {}",
+                again,
+            )
+        for i, _ in finishes:
+            out[i] = Finished([], [])
+        messages = [(i, op, m) for i, op in finishes for m in op.messages]
+        if not messages:
+            return
+        placed = self._enqueue_many(sql, [(m, op) for _, op, m in messages], now)
+        for (i, _, _), (row_id, delivery) in zip(messages, placed, strict=True):
+            if row_id is not None:
+                out[i].ids.append(row_id)
+            if delivery is not None:
+                out[i].claimed.append(delivery)
+
+    def _enqueue_many(
+        self, sql: _Sql, items: list[tuple[Outgoing, FinishRun]], now: datetime
+    ) -> list[tuple[int | None, Delivery | None]]:
+        """:meth:`_enqueue` for a batch: each message's new row id (None if its key was
+        there already) and, when claimed at once, its delivery.
+
+        A message is claimed (stored ``sending``) when its platform is connected and no
+        earlier row of its chat is ``pending``; otherwise it waits, and the outbox loop
+        takes it in order. Rows ``sending`` are this process's, being sent in order by its
+        chat's sender (a dead process's were made ``pending`` at start)."""
+        reply_tos = list({storable(m.reply_to) for m, _ in items if m.reply_to is not None})
+        chat_ids = list({storable(m.chat_id) for m, op in items if m.platform in op.send_now})
+        seqs: dict[str, int] = {}
+        held: set[tuple[str, str, str]] = set()
+        for part in _chunks(reply_tos):
+            seqs.update(
+                (r[0], int(r[1] or 0))
+                for r in sql.rows(
+                    "SELECT reply_to, max(reply_seq) FROM outbox WHERE reply_to IN ({in_})"
+                    " GROUP BY reply_to",
+                    part,
+                )
+            )
+        for part in _chunks(chat_ids):
+            held.update(
+                (r[0], r[1], r[2])
+                for r in sql.rows(
+                    "SELECT DISTINCT platform, chat_kind, chat_id FROM outbox"
+                    " WHERE status = 'pending' AND chat_id IN ({in_})",
+                    part,
+                )
+            )
+        planned: list[tuple[str, Delivery | None]] = []
+        rows = []
+        for m, op in items:
+            key = storable(m.key)
+            seq = None
+            reply_to = storable(m.reply_to) if m.reply_to is not None else None
+            if reply_to is not None:
+                seq = seqs.get(reply_to, 0) + 1
+                seqs[reply_to] = seq
+            chat = (storable(m.platform), storable(m.chat_kind), storable(m.chat_id))
+            claim = m.platform in op.send_now and chat not in held
+            if not claim:
+                held.add(chat)  # the chat's later rows of this batch wait behind this one
+            text = storable(m.text)
+            delivery = Delivery(0, *chat, text, reply_to, seq, 1) if claim else None
+            planned.append((key, delivery))
+            rows.append(
+                (
+                    key, *chat, text, reply_to, seq, m.expires_at,
+                    "sending" if claim else "pending", 1 if claim else 0,
+                    now, op.run_id, now, now,
+                )
+            )  # fmt: skip
+        ids: dict[str, int] = {}
+        for chunk in _chunks(rows):
+            # One statement per chunk; RETURNING names the rows that went in (a key already
+            # stored is skipped: enqueueing is idempotent).
+            ids.update(
+                (r[1], int(r[0]))
+                for r in sql.rows(
+                    "INSERT INTO outbox (idempotency_key, platform, chat_kind, chat_id, text,"
+                    " reply_to, reply_seq, expires_at, status, attempts, next_attempt_at, run_id,"
+                    " created_at, updated_at) VALUES {values}"
+                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+                    [v for row in chunk for v in row],
+                    shape=(len(chunk), 14),
+                )
+            )
+        result: list[tuple[int | None, Delivery | None]] = []
+        for key, delivery in planned:
+            rid = ids.pop(key, None)  # pop: a key twice in one batch is stored once
+            if rid is None:
+                result.append((None, None))
+            elif delivery is None:
+                result.append((rid, None))
+            else:
+                result.append((rid, dataclasses.replace(delivery, id=rid)))
+        return result
 
     # -- runs
 
@@ -596,6 +900,51 @@ class Ledger:
             query = query.where(outbox.c.status == status)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _chunks(values: list[T], size: int = 500) -> list[list[T]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+class _Sql:
+    """SQL strings for the driver of ``conn``: ``{}`` is a parameter, ``{in_}`` the marks of
+    a list, ``{values}`` the rows of a multi-row VALUES. Values are bound as the column
+    types would bind them (``storable`` text, UTC times: naive text on SQLite)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sqlite = conn.dialect.name == "sqlite"
+        self.mark = "?" if self.sqlite else "%s"
+        self.for_update = "" if self.sqlite else " FOR UPDATE"
+
+    def bind(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return storable(value)
+        if isinstance(value, datetime):
+            value = value.astimezone(UTC)
+            if self.sqlite:
+                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value
+
+    def _text(self, template: str, n_in: int = 0, shape: tuple[int, int] | None = None) -> str:
+        m = self.mark
+        text = template.replace("{in_}", ", ".join([m] * n_in))
+        if shape is not None:
+            row = "(" + ", ".join([m] * shape[1]) + ")"
+            text = text.replace("{values}", ", ".join([row] * shape[0]))
+        return text.replace("{}", m)
+
+    def many(self, template: str, rows: list[tuple[Any, ...]]) -> None:
+        """``template`` once per row, in one executemany."""
+        bind = self.bind
+        self.conn.exec_driver_sql(self._text(template), [tuple(map(bind, r)) for r in rows])
+
+    def rows(
+        self, template: str, values: list[Any], *, shape: tuple[int, int] | None = None
+    ) -> list[Any]:
+        """The rows ``template`` returns; ``values`` fill ``{in_}`` or ``{values}``."""
+        text = self._text(template, 0 if shape else len(values), shape)
+        return list(self.conn.exec_driver_sql(text, tuple(map(self.bind, values))))
 
 
 def _take(conn: Any, inbox_id: int, run_id: str) -> bool:

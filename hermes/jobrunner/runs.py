@@ -5,6 +5,11 @@ Every run is a row before it starts and gets its status when it ends: ``ok``, ``
 ``cancelled`` (shutdown) or ``missed`` (a scheduled run later than its misfire grace).
 What a run produces goes into the outbox in the same transaction that ends it.
 
+Run starts and ends are group-committed: one transaction holds the starts (each taking its
+inbox row), the ends (each with its outbox rows) and the delivered marks of many runs
+(:class:`~hermes.jobrunner.groupcommit.GroupCommit`). A reply its commit could claim goes
+straight to its chat's sender, without waiting for the outbox loop.
+
 A run is a task of its own: a slow or hanging handler never blocks the adapter that
 received the message, other platforms, the watchdog tick or the pings. Concurrency is
 limited per route and overall.
@@ -23,6 +28,7 @@ from loguru import logger
 from pydantic import Field
 
 from hermes.inbox.store import InboxStore, Stored
+from hermes.jobrunner.groupcommit import GroupCommit
 from hermes.jobrunner.handlers import (
     HandlerError,
     JobContext,
@@ -34,7 +40,17 @@ from hermes.jobrunner.handlers import (
     resolve_function,
     run_with_document,
 )
-from hermes.jobrunner.ledger import DB_ERRORS, Ledger, Outage, Outgoing, now_utc
+from hermes.jobrunner.ledger import (
+    DB_ERRORS,
+    Finished,
+    FinishRun,
+    Ledger,
+    Outage,
+    Outgoing,
+    StartRun,
+    Write,
+    now_utc,
+)
 from hermes.jobrunner.outbox import Outbox, OutboxSettings, Platforms
 from hermes.jobrunner.schedule import JobSettings
 from hermes.messages import InboundMessage
@@ -52,6 +68,12 @@ class RunnerSettings(Section):
     max_waiting: Annotated[int, Field(ge=1)] = 10_000
     """Runs waiting for a slot; beyond that, stored messages wait in the inbox (not in
     memory) and are taken in order as slots free up."""
+    commit_batch: Annotated[int, Field(ge=1, le=100_000)] = 500
+    """Run starts, run ends (with their outbox rows) and delivered marks per group commit
+    at most."""
+    commit_after: Duration = 0.0
+    """How long a group commit that is not full waits for more; 0: as soon as the store's
+    writer is free (writes that arrive meanwhile form the next batch)."""
     request_poll: Duration = 1.0
     """How often ``hermes jobs run`` requests and job-store changes are picked up."""
     retention: Duration = 30 * 86_400.0
@@ -84,6 +106,9 @@ class JobRunner:
         environ: Mapping[str, str],
     ) -> None:
         self.ledger = ledger
+        self.writes: GroupCommit[Write, Any] | None = outbox.writes
+        """Run starts and ends go through the outbox's group commit, with the delivered
+        marks (None: each its own call)."""
         self.db = db
         self.outbox = outbox
         self.platforms = platforms
@@ -196,16 +221,16 @@ class JobRunner:
     ) -> None:
         if self.stopping:
             return  # still received in the inbox: the next start takes it
+        start = StartRun(
+            kind="route",
+            name=route.name,
+            trigger="message",
+            platform=message.platform,
+            message_id=message.message_id,
+            inbox_id=inbox_id,
+        )
         try:
-            run_id = await self.db.call(
-                self.ledger.start_run,
-                kind="route",
-                name=route.name,
-                trigger="message",
-                platform=message.platform,
-                message_id=message.message_id,
-                inbox_id=inbox_id,
-            )
+            run_id: str | None = await self._write(start)
         except DB_ERRORS as exc:
             # Stored, so not lost: it waits in the inbox for the backlog poll.
             logger.bind(platform=message.platform).warning(
@@ -413,15 +438,16 @@ class JobRunner:
         """
         outage = Outage(f"run {run_id[:8]}")
         while True:
+            op = FinishRun(
+                run_id,
+                result.status,
+                error=result.error,
+                output=result.output,
+                messages=messages,
+                send_now=frozenset(self.platforms.deliverable()) if messages else frozenset(),
+            )
             try:
-                await self.db.call(
-                    self.ledger.finish_run,
-                    run_id,
-                    result.status,
-                    error=result.error,
-                    output=result.output,
-                    messages=messages,
-                )
+                done: Finished = await self._write(op)
                 break
             except Exception as exc:
                 if not isinstance(exc, DB_ERRORS) and not is_row_error(exc):
@@ -437,8 +463,19 @@ class JobRunner:
                 await asyncio.sleep(outage.failed(exc))
         outage.ok()
         self.completed += 1
-        if messages:
-            self.outbox.wake()
+        if done.claimed:
+            self.outbox.hand(done.claimed)
+        if len(done.claimed) < len(messages):
+            self.outbox.wake()  # stored pending: the outbox loop takes them in order
+
+    async def _write(self, op: Write) -> Any:
+        """One write of a run, group-committed with its neighbours' when a committer runs."""
+        if self.writes is not None:
+            return await self.writes.write(op)
+        (outcome,) = await self.db.call(self.ledger.write, [op])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def cancel_all(self, grace: float) -> None:
         """Shutdown: cancel running runs; each records itself as ``cancelled``. Stored

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import httpx
 from pydantic import AfterValidator, Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -31,6 +30,7 @@ from hermes.adapters.base import Adapter, AdapterSettings, LocalInbound
 from hermes.adapters.qqbot import events
 from hermes.adapters.qqbot.api import QQApi
 from hermes.adapters.qqbot.auth import TokenManager
+from hermes.adapters.qqbot.httpclient import HttpClient
 from hermes.adapters.qqbot.intents import DEFAULT_INTENTS, Intents, parse_intents
 from hermes.adapters.qqbot.protocol import (
     ZOMBIE_CLOSE_CODE,
@@ -184,7 +184,7 @@ class QQBotAdapter(Adapter):
 
     async def run(self) -> None:
         s = self.s
-        async with httpx.AsyncClient(
+        async with HttpClient(
             timeout=s.request_timeout, headers={"User-Agent": "hermes-gateway"}
         ) as http:
             self.tokens = TokenManager(

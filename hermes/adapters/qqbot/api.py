@@ -13,10 +13,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from loguru import logger
 
 from hermes.adapters.qqbot.auth import TokenManager
+from hermes.adapters.qqbot.httpclient import HttpClient, HttpError, HttpResponse
 from hermes.errors import (
     AlreadyDelivered,
     QQApiError,
@@ -83,7 +83,7 @@ class QQApi:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: HttpClient,
         *,
         api_base: str,
         app_id: str,
@@ -151,12 +151,10 @@ class QQApi:
                 response = await self.http.request(
                     method, self.api_base + path, json=body, headers=headers
                 )
-            except httpx.HTTPError as exc:
+            except HttpError as exc:
                 if attempt == self.max_attempts:
-                    raise QQApiError(
-                        f"{method} {path}: {type(exc).__name__}: {exc}", status=0
-                    ) from exc
-                why, wait = f"{method} {path}: {type(exc).__name__}", delay
+                    raise QQApiError(f"{method} {path}: {exc}", status=0) from exc
+                why, wait = f"{method} {path}: {str(exc).split(':')[0]}", delay
             else:
                 if response.status_code < 300:
                     return response.json() if response.content else {}
@@ -192,7 +190,7 @@ class QQApi:
         raise AssertionError("unreachable")
 
 
-def _error(method: str, path: str, response: httpx.Response) -> QQApiError:
+def _error(method: str, path: str, response: HttpResponse) -> QQApiError:
     try:
         data = response.json()
     except ValueError:
@@ -212,7 +210,7 @@ def _error(method: str, path: str, response: httpx.Response) -> QQApiError:
     )
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: HttpResponse) -> float | None:
     value = response.headers.get("Retry-After")
     try:
         return min(60.0, float(value)) if value else None

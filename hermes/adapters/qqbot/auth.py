@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
+from hermes.adapters.qqbot.httpclient import HttpError, Poster
 from hermes.errors import QQAuthError, QQTokenUnavailable
 from watchdog.secrets import Secret
 
@@ -57,7 +56,7 @@ class TokenManager:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: Poster,
         *,
         token_url: str,
         app_id: str,
@@ -122,10 +121,8 @@ class TokenManager:
         body = {"appId": self.app_id, "clientSecret": self.secret.reveal()}
         try:
             response = await self.http.post(self.token_url, json=body)
-        except httpx.HTTPError as exc:
-            raise QQTokenUnavailable(
-                f"token endpoint unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+        except HttpError as exc:
+            raise QQTokenUnavailable(f"token endpoint unreachable: {exc}") from exc
         try:
             data = response.json()
         except ValueError:
