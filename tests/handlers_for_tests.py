@@ -23,6 +23,11 @@ async def hang(message: InboundMessage) -> str:
     return "never"
 
 
+async def brief(message: InboundMessage) -> str:
+    await asyncio.sleep(0.02)  # as a handler calling an API would: runs overlap in time
+    return message.text
+
+
 async def slow(message: InboundMessage) -> str:
     await asyncio.sleep(0.5)
     return f"slow reply to {message.text}"

@@ -68,7 +68,17 @@ def kill_config(directory: Path, sim: QQSimulator, store_url: str) -> Path:
         # One line per message at DEBUG, thousands of them through a pipe, would slow the
         # gateway down for nothing: INFO still shows every restart and recovery.
         gateway={"log_level": "INFO"},
-        routes=[{"name": "echo", "handler": "echo", "on_crash": "retry"}],
+        # A handler that takes 20 ms, as one calling an API would: with group commits, runs
+        # of an instant echo finish between two batches of a burst, and kills would seldom
+        # land while one is running (the case the cancelled-and-retried check below needs).
+        routes=[
+            {
+                "name": "echo",
+                "handler": "python",
+                "function": "tests.handlers_for_tests:brief",
+                "on_crash": "retry",
+            }
+        ],
         extra="[outbox]\nretry_backoff = 0.05\nretry_backoff_max = 0.2\n",
     )
 
