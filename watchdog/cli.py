@@ -378,6 +378,13 @@ def report_json(report: StatusReport, error: str | None = None) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False)
 
 
+def _cut_off(inbox: Mapping[str, Any]) -> str:
+    """Messages whose run a stop or a crash cancelled, not run again (``on_crash = "cancel"``):
+    no answer went out. Shown when there are any."""
+    n = inbox.get("cut_off_recently", 0)
+    return f", {n} cut off (run cancelled by a stop or crash, not run again)" if n else ""
+
+
 def _waiting(report: StatusReport, count: int, what: str, oldest_at: datetime | None) -> str:
     """``"3 pending (oldest 2min)"``."""
     oldest = _seconds(report.checked_at, oldest_at)
@@ -469,8 +476,9 @@ def report_text(report: StatusReport) -> str:
         )
         lines += [
             "",
-            f"inbox: {waiting}; last hour: {inbox['dead_recently']} dead; "
-            f"on record: {inbox['gaps']} gaps, {inbox['lost']} lost",
+            f"inbox: {waiting}; last hour: {inbox['dead_recently']} dead"
+            + _cut_off(inbox)
+            + f"; on record: {inbox['gaps']} gaps, {inbox['lost']} lost",
         ]
         for p in inbox["platforms"]:
             if p["gaps"]:

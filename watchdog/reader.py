@@ -315,6 +315,11 @@ class Reader:
             "SELECT count(*) FROM inbox WHERE status = ? AND updated_at >= ?",
             ("dead", self._bind_time(since)),
         )
+        ((cut_off,),) = self._rows(
+            "SELECT count(*) FROM inbox JOIN job_runs ON job_runs.id = inbox.run_id"
+            " WHERE job_runs.status = ? AND job_runs.finished_at >= ?",
+            ("cancelled", self._bind_time(since)),
+        )
         platforms = [
             _cursor_row(r)
             for r in self._rows(
@@ -326,6 +331,7 @@ class Reader:
             "waiting": int(waiting),
             "oldest_waiting_at": _utc(oldest),
             "dead_recently": int(dead),
+            "cut_off_recently": int(cut_off),
             "gaps": sum(int(p["gaps"]) for p in platforms),
             "lost": sum(int(p["lost"]) for p in platforms),
             "platforms": platforms,

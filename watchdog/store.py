@@ -74,6 +74,7 @@ _inbox = sa_table(
     sa_column("status", String),
     sa_column("received_at", UTCDateTime),
     sa_column("updated_at", UTCDateTime),
+    sa_column("run_id", String),
 )
 _cursors = sa_table(
     "inbound_cursors",
@@ -587,8 +588,9 @@ class StateStore:
         }
 
     def inbox_summary(self, since: datetime) -> dict[str, Any] | None:
-        """Inbound messages waiting for a run, dead since ``since``, and per platform the
-        gaps and losses on record; None before the inbox existed."""
+        """Inbound messages waiting for a run, dead since ``since``, cut off since then (their
+        run cancelled by a stop or a crash and not run again), and per platform the gaps and
+        losses on record; None before the inbox existed."""
         rev = self._checked_revision or self.revision()
         if (rev or "") < INBOX_SCHEMA:
             return None
@@ -601,6 +603,11 @@ class StateStore:
             dead = conn.execute(
                 select(func.count()).where(_inbox.c.status == "dead", _inbox.c.updated_at >= since)
             ).scalar_one()
+            cut_off = conn.execute(
+                select(func.count())
+                .select_from(_inbox.join(job_runs, job_runs.c.id == _inbox.c.run_id))
+                .where(job_runs.c.status == "cancelled", job_runs.c.finished_at >= since)
+            ).scalar_one()
             platforms = [
                 dict(r)
                 for r in conn.execute(
@@ -611,6 +618,7 @@ class StateStore:
             "waiting": int(waiting),
             "oldest_waiting_at": oldest,
             "dead_recently": int(dead),
+            "cut_off_recently": int(cut_off),
             "gaps": sum(int(p["gaps"]) for p in platforms),
             "lost": sum(int(p["lost"]) for p in platforms),
             "platforms": platforms,

@@ -117,6 +117,13 @@ def test_a_run_cut_off_by_a_crash_is_retried_only_for_retry_routes(stores):
     status = {r["message_id"]: (r["status"], r["run_id"] is None) for r in rows(store)}
     assert status == {"m1": ("handled", False), "m2": ("received", True)}
     assert [r.message.message_id for r in store.backlog(10)] == ["m2"]
+    # What status shows: one message cut off (deploy's); echo's waits for its new run.
+    summary = StateStore(str(store.engine.url), read_only=True)
+    try:
+        hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        assert (summary.inbox_summary(hour_ago) or {})["cut_off_recently"] == 1
+    finally:
+        summary.close()
 
 
 def test_settled_rows_past_their_retention_are_pruned_and_waiting_ones_kept(stores):

@@ -188,6 +188,19 @@ def seed(url: str) -> None:
                         "error": None if i % 3 == 0 else f"boom {i}",
                     }
                     for i in range(10)
+                ]
+                + [  # runs a stop or crash cut off: one within the hour, one before it
+                    {
+                        "id": f"run-cut-{i}",
+                        "kind": "route",
+                        "name": "r1",
+                        "trigger": "message",
+                        "started_at": now - timedelta(minutes=minutes + 1),
+                        "finished_at": now - timedelta(minutes=minutes),
+                        "status": "cancelled",
+                        "error": "interrupted: the gateway stopped during the run",
+                    }
+                    for i, minutes in enumerate((5, 90))
                 ],
             )
             conn.execute(
@@ -222,6 +235,9 @@ def seed(url: str) -> None:
                         "text": "x",
                         "received_at": now - timedelta(minutes=i),
                         "status": ("received", "dead", "handled")[i % 3],
+                        # A handled message whose last run was cut off (recently, long ago),
+                        # and one whose run finished.
+                        "run_id": {2: "run-cut-0", 5: "run-cut-1", 8: "run-0"}.get(i),
                         "attempts": 0,
                         "updated_at": now - timedelta(minutes=i),
                     }
@@ -304,6 +320,7 @@ def test_the_light_reader_reads_what_the_state_store_reads(store_url):
     assert json.dumps(got, default=repr) == json.dumps(expected, default=repr)
     assert expected["jobs"] and expected["outbox"]["failed_recently"]  # type: ignore[index]
     assert expected["inbox"]["platforms"] and len(expected["one"]) == 5  # type: ignore[index,arg-type]
+    assert expected["inbox"]["cut_off_recently"] == 1  # type: ignore[index]
     assert reader.name == expected_store.name
 
 

@@ -214,6 +214,7 @@ def test_json_has_a_stable_shape(store_url):
         "waiting",
         "oldest_waiting_at",
         "dead_recently",
+        "cut_off_recently",
         "gaps",
         "lost",
         "platforms",

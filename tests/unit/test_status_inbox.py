@@ -42,6 +42,7 @@ def inbox(**kw: Any) -> dict[str, Any]:
         "waiting": 0,
         "oldest_waiting_at": None,
         "dead_recently": 0,
+        "cut_off_recently": 0,
         "gaps": 0,
         "lost": 0,
         "platforms": [],
@@ -90,3 +91,14 @@ def test_a_message_waiting_for_its_run_too_long_is_degraded():
     assert report.exit_code == DEGRADED
     assert "7 inbound messages waiting for a run" in report.summary
     assert judge(inbox(waiting=7, oldest_waiting_at=NOW - timedelta(minutes=4))).exit_code == OK
+
+
+def test_messages_a_stop_or_crash_cut_off_are_shown_without_changing_the_verdict():
+    quiet = report_text(judge(inbox()))
+    assert "cut off" not in quiet
+    report = judge(inbox(cut_off_recently=3))
+    assert report.exit_code == OK
+    assert (
+        "last hour: 0 dead, 3 cut off (run cancelled by a stop or crash, not run again); "
+        "on record: 0 gaps, 0 lost" in report_text(report)
+    )
