@@ -7,12 +7,17 @@ skipped by the database itself (a unique index), so no handler ever sees it twic
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import re
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from loguru import logger
 from sqlalchemy import Engine, and_, delete, select, update
 
@@ -71,6 +76,7 @@ class Committed:
 
 
 def _row(a: Arrival) -> dict[str, Any]:
+    """An arrival as an inbox row (the row-by-row path: a batch the database refused)."""
     m = a.message
     return {
         "platform": m.platform,
@@ -82,7 +88,7 @@ def _row(a: Arrival) -> dict[str, Any]:
         "author_id": m.author_id,
         "author_name": m.author_name,
         "text": m.text,
-        "extra": json.dumps(dict(m.extra), ensure_ascii=False) if m.extra else None,
+        "extra": _extra(m.extra),
         "sent_at": m.timestamp,
         "received_at": a.received_at,
         "status": "received",
@@ -90,6 +96,18 @@ def _row(a: Arrival) -> dict[str, Any]:
         "attempts": 0,
         "updated_at": a.received_at,
     }
+
+
+def _extra(extra: Any) -> str | None:
+    """The ``extra`` column: the adapter's strings as a JSON object (None when empty)."""
+    if not extra:
+        return None
+    if type(extra) is dict:
+        try:
+            return orjson.dumps(extra).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            pass  # a lone surrogate (orjson refuses it) or a key that is not a string
+    return json.dumps(dict(extra), ensure_ascii=False)
 
 
 def message_of(row: Any) -> InboundMessage:
@@ -111,6 +129,28 @@ def message_of(row: Any) -> InboundMessage:
 
 _COLUMNS = tuple(c.name for c in inbox.columns if c.name != "id")
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What :func:`~watchdog.schema.storable` replaces: looked for once per row on the hot path."""
+
+_BATCH_COLUMNS = (
+    "platform",
+    "event_id",
+    "message_id",
+    "event",
+    "chat_kind",
+    "chat_id",
+    "author_id",
+    "text",
+    "author_name",
+    "extra",
+    "sent_at",
+    "received_at",
+)
+"""The columns a group commit binds, in the order :func:`_values` builds them; ``status``,
+``run_id`` and ``attempts`` are the same for every new row, and ``updated_at`` is
+``received_at``."""
+assert set(_BATCH_COLUMNS) | {"status", "run_id", "attempts", "updated_at"} == set(_COLUMNS)
+
 
 def _bind(value: Any, sqlite_: bool) -> Any:
     """A value as its column type would bind it (see ``watchdog.schema``)."""
@@ -123,12 +163,105 @@ def _bind(value: Any, sqlite_: bool) -> Any:
     return value
 
 
+def _time(value: Any, sqlite_: bool) -> Any:
+    """:func:`_bind` for a time, without its detours for the usual aware datetime."""
+    if type(value) is not datetime:
+        return _bind(value, sqlite_)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26] if sqlite_ else value
+
+
+def _values(arrivals: Sequence[Arrival], sqlite_: bool) -> list[tuple[Any, ...]]:
+    """Each arrival's values for :data:`_BATCH_COLUMNS`, bound as the column types would bind
+    them (:func:`_bind`), in one pass: the receive path's one cost on the database thread.
+
+    A row's strings are checked for what :func:`storable` replaces all at once; only a row
+    that holds any (rare: a NUL, a lone surrogate) goes through it string by string. Times
+    shared by neighbours (one second's messages, one read's arrivals) are converted once."""
+    out = []
+    sent_from = sent_to = received_from = received_to = None
+    for a in arrivals:
+        m = a.message
+        strings: tuple[Any, ...] = (
+            m.platform,
+            a.event_id,
+            m.message_id,
+            m.event,
+            m.chat_kind,
+            m.chat_id,
+            m.author_id,
+            m.text,
+        )
+        try:
+            joined = "".join(strings)
+        except TypeError:  # a value that is not a string: as its column binds it
+            strings = tuple(_bind(v, sqlite_) for v in strings)
+        else:
+            if not (joined.isascii() and "\x00" not in joined) and _UNSTORABLE.search(joined):
+                strings = tuple(storable(v) for v in strings)
+        name = m.author_name
+        if name is not None:
+            name = _bind(name, sqlite_)
+        extra = _extra(m.extra)
+        if extra is not None and not extra.isascii() and _UNSTORABLE.search(extra):
+            extra = storable(extra)  # NUL is escaped in JSON; a lone surrogate may be left
+        sent = m.timestamp
+        if sent is not sent_from and sent != sent_from:
+            sent_from, sent_to = sent, _time(sent, sqlite_)
+        received = a.received_at
+        if received is not received_from:
+            received_from, received_to = received, _time(received, sqlite_)
+        out.append((*strings, name, extra, sent_to, received_to))
+    return out
+
+
+_SQLITE_ROWS_MAX = 1024
+"""Rows in one SQLite INSERT at most (fewer if its limit on bound parameters is lower)."""
+
+
+@functools.cache
+def _sqlite_insert(rows: int) -> str:
+    """The INSERT of ``rows`` new inbox rows: parameter 1 is the first one's id (the others
+    follow it), then each row's :data:`_BATCH_COLUMNS`; its ``updated_at`` is its
+    ``received_at``. One statement per batch size, prepared once by the driver."""
+    width = len(_BATCH_COLUMNS)
+    received = _BATCH_COLUMNS.index("received_at")
+    values = ", ".join(
+        f"(?1 + {i}, {', '.join(['?'] * width)}, ?{2 + i * width + received}, 'received', NULL, 0)"
+        for i in range(rows)
+    )
+    return (
+        f"INSERT INTO inbox (id, {', '.join(_BATCH_COLUMNS)}, updated_at, status, run_id, "
+        f"attempts) VALUES {values} ON CONFLICT (platform, event_id) DO NOTHING"
+    )
+
+
+_PG_INSERT = (
+    f"INSERT INTO inbox ({', '.join(_BATCH_COLUMNS)}, updated_at, status, run_id, attempts) "
+    f"SELECT {', '.join(f'c{i}' for i in range(len(_BATCH_COLUMNS)))}, c11, 'received', NULL, 0 "
+    f"FROM unnest({', '.join(['%s::text[]'] * 10)}, %s::timestamptz[], %s::timestamptz[]) "
+    f"AS u({', '.join(f'c{i}' for i in range(len(_BATCH_COLUMNS)))}) "
+    "ON CONFLICT (platform, event_id) DO NOTHING RETURNING id, platform, event_id"
+)
+"""One statement for a whole batch on PostgreSQL: a column of values per array parameter,
+and the new rows' ids back from RETURNING."""
+assert _BATCH_COLUMNS.index("received_at") == 11
+
+
 class InboxStore:
     """The inbox tables, for one gateway instance."""
 
     def __init__(self, engine: Engine, instance_id: str) -> None:
         self.engine = engine
         self.instance_id = instance_id
+        self._sqlite_sizes: list[int] | None = None
+        """SQLite: the sizes of INSERT statements, in rows (see :meth:`_chunks`)."""
+        self._next_id: int | None = None
+        """SQLite: the id after the last batch's, while this store is the inbox's one writer
+        (None: read it again)."""
+        self._used_to: int | None = None
+        """SQLite: the id after the batch being written, until its transaction commits."""
 
     # -- the group commit
 
@@ -145,9 +278,10 @@ class InboxStore:
         now = now_utc()
         try:
             with self.engine.begin() as conn:
-                inserted = self._insert(conn, [_row(a) for a in arrivals])
+                ids = self._insert(conn, arrivals)
                 self._advance(conn, cursors, gaps, {}, now)
-            return self._committed(arrivals, inserted, {})
+            self._next_id, self._used_to = self._used_to, None  # committed: the ids are taken
+            return self._committed(arrivals, ids, {})
         except Exception as exc:
             if not is_row_error(exc):
                 raise
@@ -155,14 +289,20 @@ class InboxStore:
                 "inbox: the database refused part of a batch ({}); storing it row by row",
                 describe_exception(exc),
             )
-        inserted = {}
+        ids = []
         lost: dict[str, list[str]] = {}
         for a in arrivals:
-            row = _row(a)
-            for attempt in (row, fitted(inbox, row)):
+            rid = None
+            try:
+                row = _row(a)
+            except (TypeError, ValueError) as exc:  # its extra is no JSON object of strings
+                attempts, why = [], describe_exception(exc)
+            else:
+                attempts = [row, fitted(inbox, row)]
+            for attempt in attempts:
                 try:
                     with self.engine.begin() as conn:
-                        inserted.update(self._insert(conn, [attempt]))
+                        rid = self._insert_row(conn, attempt)
                     break
                 except Exception as exc:
                     if not is_row_error(exc):
@@ -173,60 +313,103 @@ class InboxStore:
                     "inbox: event {} cannot be stored and is lost: {}", a.event_id, why
                 )
                 lost.setdefault(a.message.platform, []).append(f"event {a.event_id}: {why}")
+            ids.append(rid)
         with self.engine.begin() as conn:
             self._advance(conn, cursors, gaps, lost, now)
-        return self._committed(arrivals, inserted, lost)
+        return self._committed(arrivals, ids, lost)
 
-    def _insert(self, conn: Any, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
-        """Insert ``rows``, skipping events already stored; the ids of the new ones.
+    def _insert(self, conn: Any, arrivals: Sequence[Arrival]) -> list[int | None]:
+        """Insert the arrivals, skipping events already stored; each one's new row id, or None
+        for one skipped (a replay, or a second copy in the batch).
 
-        The receive path's one database cost, so it goes to the driver directly: values
-        converted once here exactly as the column types would (:func:`storable` text, UTC
-        times), one ``executemany``, and the new ids read back by event id. Through the ORM
-        layer's per-value processing it was about ten times slower."""
-        if not rows:
-            return {}
+        The receive path's one database cost, so it goes to the driver directly, with values
+        converted once by :func:`_values` exactly as the column types would convert them."""
+        if not arrivals:
+            return []
+        if conn.dialect.name == "sqlite":
+            return self._insert_sqlite(conn, _values(arrivals, True))
+        return self._insert_postgresql(conn, _values(arrivals, False))
+
+    def _insert_sqlite(self, conn: Any, rows: list[tuple[Any, ...]]) -> list[int | None]:
+        # The new rows get ids after the largest, in order: what SQLite would choose itself,
+        # but known without reading anything back. (executemany cannot return rows, and
+        # RETURNING hands them back one sqlite3_step at a time.) Every statement costs two
+        # hand-offs of the GIL to the event loop, each a wait of up to the switch interval
+        # while the loop is busy: so one INSERT for the batch, and the largest id read once and
+        # then remembered (see _next_id). Nothing else inserts into the inbox: the intake's
+        # one database thread writes it, and one gateway owns a store. If that were broken,
+        # an id taken meanwhile fails the batch on the primary key, as a row error: the
+        # batch is then stored row by row with ids SQLite picks, and the id is read again.
+        n = len(rows)
+        first = self._next_id
+        if first is None:
+            first = int(conn.exec_driver_sql("SELECT max(id) FROM inbox").scalar() or 0) + 1
+        inserted = 0
+        at = 0
+        for size in self._chunks(conn, n):
+            chunk = rows[at : at + size]
+            params = (first + at, *itertools.chain.from_iterable(chunk))
+            inserted += conn.exec_driver_sql(_sqlite_insert(size), params).rowcount
+            at += size
+        self._next_id, self._used_to = None, first + n  # until the commit succeeds
+        if inserted == n:
+            return list(range(first, first + n))
+        present = {
+            rid
+            for (rid,) in conn.exec_driver_sql(
+                "SELECT id FROM inbox WHERE id >= ? AND id < ?", (first, first + n)
+            )
+        }
+        return [rid if rid in present else None for rid in range(first, first + n)]
+
+    def _chunks(self, conn: Any, n: int) -> list[int]:
+        """Rows per INSERT for a batch of ``n``: powers of two, the largest first, each within
+        SQLite's limit on bound parameters. So a full batch of the default size is one
+        statement, and the driver's cache holds a dozen statements at most, however the
+        batches' sizes vary."""
+        if self._sqlite_sizes is None:
+            limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            largest = min(_SQLITE_ROWS_MAX, (limit - 1) // len(_BATCH_COLUMNS))
+            self._sqlite_sizes = [1 << i for i in reversed(range(largest.bit_length()))]
+        out = []
+        for size in self._sqlite_sizes:
+            while n >= size:
+                out.append(size)
+                n -= size
+        return out
+
+    @staticmethod
+    def _insert_postgresql(conn: Any, rows: list[tuple[Any, ...]]) -> list[int | None]:
+        columns = tuple(list(c) for c in zip(*rows, strict=True))
+        new = {
+            (platform, event_id): int(rid)
+            for rid, platform, event_id in conn.exec_driver_sql(_PG_INSERT, columns)
+        }
+        # A second copy of an event in one batch was skipped: the first one took the id.
+        return [new.pop((r[0], r[1]), None) for r in rows]
+
+    def _insert_row(self, conn: Any, row: dict[str, Any]) -> int | None:
+        """Insert one row (the row-by-row path); its id, or None if the event is stored already."""
         sqlite_ = conn.dialect.name == "sqlite"
         mark = "?" if sqlite_ else "%s"
-        by_platform: dict[str, list[str]] = {}
-        for r in rows:
-            by_platform.setdefault(r["platform"], []).append(storable(r["event_id"]))
-        before = self._ids(conn, by_platform, mark)
         sql = (
             f"INSERT INTO inbox ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))})"
             " ON CONFLICT (platform, event_id) DO NOTHING"
         )
-        conn.exec_driver_sql(sql, [tuple(_bind(r[c], sqlite_) for c in _COLUMNS) for r in rows])
-        after = self._ids(conn, by_platform, mark)
-        return {key: rid for key, rid in after.items() if key not in before}
-
-    @staticmethod
-    def _ids(
-        conn: Any, by_platform: Mapping[str, list[str]], mark: str
-    ) -> dict[tuple[str, str], int]:
-        found = {}
-        for platform, events in by_platform.items():
-            for i in range(0, len(events), 500):
-                chunk = events[i : i + 500]
-                sql = (
-                    f"SELECT id, event_id FROM inbox WHERE platform = {mark} "
-                    f"AND event_id IN ({', '.join([mark] * len(chunk))})"
-                )
-                for rid, event_id in conn.exec_driver_sql(sql, (storable(platform), *chunk)):
-                    found[(platform, event_id)] = int(rid)
-        return found
+        values = tuple(_bind(row[c], sqlite_) for c in _COLUMNS)
+        if sqlite_:
+            result = conn.exec_driver_sql(sql, values)
+            return int(result.lastrowid) if result.rowcount == 1 else None
+        rid = conn.exec_driver_sql(sql + " RETURNING id", values).scalar()
+        return None if rid is None else int(rid)
 
     @staticmethod
     def _committed(
-        arrivals: Sequence[Arrival],
-        inserted: Mapping[tuple[str, str], int],
-        lost: Mapping[str, list[str]],
+        arrivals: Sequence[Arrival], ids: Sequence[int | None], lost: Mapping[str, list[str]]
     ) -> Committed:
-        stored = []
-        for a in arrivals:
-            rid = inserted.get((a.message.platform, a.event_id))
-            if rid is not None:
-                stored.append(Stored(rid, a.message))
+        stored = [
+            Stored(rid, a.message) for a, rid in zip(arrivals, ids, strict=True) if rid is not None
+        ]
         n_lost = sum(map(len, lost.values()))
         return Committed(stored, len(arrivals) - len(stored) - n_lost, n_lost)
 
@@ -238,9 +421,10 @@ class InboxStore:
         lost: Mapping[str, list[str]],
         now: datetime,
     ) -> None:
-        platforms = set(cursors) | {g.platform for g in gaps} | set(lost)
-        if not platforms:
+        if not gaps and not lost:
+            self._move_cursors(conn, cursors, now)
             return
+        platforms = set(cursors) | {g.platform for g in gaps} | set(lost)
         c = inbound_cursors
         existing = {
             r.platform
@@ -274,6 +458,27 @@ class InboxStore:
                         reason_message=g.detail,
                     )
                 )
+
+    def _move_cursors(
+        self, conn: Any, cursors: Mapping[str, dict[str, Any]], now: datetime
+    ) -> None:
+        """:meth:`_advance` of every batch (no gap, nothing lost): one upsert per platform."""
+        if not cursors:
+            return
+        sqlite_ = conn.dialect.name == "sqlite"
+        mark = "?" if sqlite_ else "%s"
+        sql = (
+            "INSERT INTO inbound_cursors (platform, cursor, updated_at, instance_id, gaps, "
+            f"gap_events, lost) VALUES ({mark}, {mark}, {mark}, {mark}, 0, 0, 0) "
+            "ON CONFLICT (platform) DO UPDATE SET cursor = excluded.cursor, "
+            "updated_at = excluded.updated_at, instance_id = excluded.instance_id"
+        )
+        at = _time(now, sqlite_)
+        for platform, cursor in sorted(cursors.items()):
+            values = (platform, json.dumps(cursor, sort_keys=True), self.instance_id)
+            conn.exec_driver_sql(
+                sql, (storable(values[0]), storable(values[1]), at, storable(values[2]))
+            )
 
     # -- cursors
 
