@@ -23,10 +23,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, field_validator
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from hermes.adapters.base import Adapter, AdapterSettings, LocalInbound
+from hermes.adapters.batching import BatchingConnection, Message
 from hermes.adapters.qqbot import events
 from hermes.adapters.qqbot.api import QQApi
 from hermes.adapters.qqbot.auth import TokenManager
@@ -35,6 +36,7 @@ from hermes.adapters.qqbot.intents import DEFAULT_INTENTS, Intents, parse_intent
 from hermes.adapters.qqbot.protocol import (
     ZOMBIE_CLOSE_CODE,
     Acked,
+    Action,
     Backoff,
     Connection,
     Dispatch,
@@ -178,7 +180,7 @@ class QQBotAdapter(Adapter):
         self.malformed = 0
         self.unknown: dict[str, int] = {}
         """Frames ignored as new to us, by opcode or event type (each logged the first time)."""
-        self._ws: ClientConnection | None = None
+        self._ws: BatchingConnection | None = None
 
     # -- lifecycle
 
@@ -396,7 +398,9 @@ class QQBotAdapter(Adapter):
                 close_timeout=2,
                 max_size=2**22,
                 compression=None,
+                create_connection=BatchingConnection,
             ) as ws:
+                assert isinstance(ws, BatchingConnection)
                 self._ws = ws
                 try:
                     if self.closing():  # close() came while the handshake was under way
@@ -410,7 +414,7 @@ class QQBotAdapter(Adapter):
                 retry, False, None, f"cannot connect to {url}: {describe_exception(exc)}"
             )
 
-    async def _run_connection(self, ws: ClientConnection, conn: Connection) -> Outcome:
+    async def _run_connection(self, ws: BatchingConnection, conn: Connection) -> Outcome:
         loop = asyncio.get_running_loop()
         beats: asyncio.Task[Any] | None = None
         hello = False
@@ -420,8 +424,9 @@ class QQBotAdapter(Adapter):
         try:
             # Hello within hello_timeout, then READY/RESUMED within ready_timeout; then no limit.
             async with asyncio.timeout(self.s.hello_timeout) as handshake:
-                async for raw in ws:
-                    end, became_ready, proof = await self._frame(ws, conn, raw)
+                while True:
+                    # Every message of one read at once: the pump's one wake-up per read.
+                    end, became_ready, proof = await self._frames(ws, conn, await ws.recv_batch())
                     if proof:
                         proof_at = time.monotonic()
                     if not hello and conn.heartbeat_interval is not None:
@@ -472,72 +477,87 @@ class QQBotAdapter(Adapter):
         )
         return Outcome(plan_after_close(code), ready, proven_for, detail)
 
-    async def _frame(
-        self, ws: ClientConnection, conn: Connection, raw: str | bytes
+    async def _frames(
+        self, ws: BatchingConnection, conn: Connection, batch: list[Message]
     ) -> tuple[tuple[Plan, str] | None, bool, bool]:
-        """Handle one frame: ``((plan, why) if the connection must end, whether it became
-        ready, whether it was proof of life)``."""
-        seq_before = self.session.seq
-        try:
-            actions = conn.receive(raw)
-        except QQMalformedFrame as exc:
-            self.malformed += 1
-            self.log.error("dropping a malformed frame: {}", exc)
-            return None, False, False
+        """Handle the frames of one read, in order: ``((plan, why) if the connection must end,
+        whether it became ready, whether any was proof of life)``. The proof is beaten once
+        for the read (its frames arrived together)."""
         became_ready = proof = False
-        for action in actions:
-            kind = type(action)
-            if kind is Dispatch:  # proof of life, as is an ACK (READY/RESUMED is not)
-                self.handle.beat()
-                proof = True
-                if not self._dispatch(action):  # type: ignore[arg-type]
-                    # Not taken: leave it with the platform. The seq stays before it, so the
-                    # next Resume replays it; nothing more is read from this connection.
-                    self.session.seq = seq_before
-                    self._held = True
-                    # Dropped, not closed: a closing handshake would wait for a server busy
-                    # sending (a replay), and the session stays resumable either way.
-                    ws.transport.abort()
-                    why = "the gateway's inbox is full: events left with the platform"
-                    return (plan_after_backpressure(), why), became_ready, proof
-            elif kind is Acked:
-                self.handle.beat()
-                proof = True
-            elif kind is Send:
-                await ws.send(action.text)  # type: ignore[union-attr]
-            elif kind is Hello:
-                self.handle.set_heartbeat_ttl(action.interval * self.s.heartbeat_ttl_factor)  # type: ignore[union-attr]
-            elif kind is Ready:
-                # Declared, but no beat: a zombie server completes the handshake too. Proof
-                # comes with the ACK of the heartbeat sent with it (the next action).
-                became_ready = True
-                self.handle.declare(DeclaredState.CONNECTED)
-                if not action.resumed:  # type: ignore[union-attr]
-                    # A new session: a later start must not try to resume the old one. It
-                    # replaces the identify marker, in order with the events that follow.
-                    self.inbound.note_cursor(self._cursor())
-                    self._identifying = False
-                self.log.info(
-                    "session {} ({}), heartbeat every {:g} s",
-                    "resumed" if action.resumed else "ready",  # type: ignore[union-attr]
-                    self.session.session_id,
-                    conn.heartbeat_interval or 0,
-                )
-            elif kind is ReconnectRequested:
-                await ws.close(ZOMBIE_CLOSE_CODE, "reconnect requested")
-                return (
-                    (plan_after_reconnect_request(), "the server asked to reconnect (op 7)"),
-                    became_ready,
-                    proof,
-                )
-            elif kind is SessionInvalid:
-                resumable = action.resumable  # type: ignore[union-attr]
-                await ws.close(ZOMBIE_CLOSE_CODE, "invalid session")
-                why = f"invalid session (op 9, resumable={str(resumable).lower()})"
-                return (plan_after_invalid_session(resumable), why), became_ready, proof
-            elif kind is Unknown:
-                self._ignore(f"op {action.op}", "opcode")  # type: ignore[union-attr]
-        return None, became_ready, proof
+        end = None
+        for raw in batch:
+            seq_before = self.session.seq
+            try:
+                actions = conn.receive(raw)
+            except QQMalformedFrame as exc:
+                self.malformed += 1
+                self.log.error("dropping a malformed frame: {}", exc)
+                continue
+            for action in actions:
+                kind = type(action)
+                if kind is Dispatch:  # proof of life, as is an ACK (READY/RESUMED is not)
+                    proof = True
+                    if not self._dispatch(action):  # type: ignore[arg-type]
+                        # Not taken: leave it with the platform. The seq stays before it, so
+                        # the next Resume replays it; nothing more is read from this connection.
+                        self.session.seq = seq_before
+                        self._held = True
+                        # Dropped, not closed: a closing handshake would wait for a server busy
+                        # sending (a replay), and the session stays resumable either way.
+                        ws.transport.abort()
+                        why = "the gateway's inbox is full: events left with the platform"
+                        end = plan_after_backpressure(), why
+                        break
+                elif kind is Acked:
+                    proof = True
+                else:
+                    end, ready = await self._control(ws, conn, action)
+                    became_ready = became_ready or ready
+                    if end is not None:
+                        break
+            if end is not None:
+                break
+        if proof:
+            self.handle.beat()
+        return end, became_ready, proof
+
+    async def _control(
+        self, ws: BatchingConnection, conn: Connection, action: Action
+    ) -> tuple[tuple[Plan, str] | None, bool]:
+        """Handle an action other than an event or an ACK: ``((plan, why) if the connection
+        must end, whether it became ready)``."""
+        kind = type(action)
+        if kind is Send:
+            await ws.send(action.text)  # type: ignore[union-attr]
+        elif kind is Hello:
+            self.handle.set_heartbeat_ttl(action.interval * self.s.heartbeat_ttl_factor)  # type: ignore[union-attr]
+        elif kind is Ready:
+            # Declared, but no beat: a zombie server completes the handshake too. Proof
+            # comes with the ACK of the heartbeat sent with it (the next action).
+            self.handle.declare(DeclaredState.CONNECTED)
+            if not action.resumed:  # type: ignore[union-attr]
+                # A new session: a later start must not try to resume the old one. It
+                # replaces the identify marker, in order with the events that follow.
+                self.inbound.note_cursor(self._cursor())
+                self._identifying = False
+            self.log.info(
+                "session {} ({}), heartbeat every {:g} s",
+                "resumed" if action.resumed else "ready",  # type: ignore[union-attr]
+                self.session.session_id,
+                conn.heartbeat_interval or 0,
+            )
+            return None, True
+        elif kind is ReconnectRequested:
+            await ws.close(ZOMBIE_CLOSE_CODE, "reconnect requested")
+            return (plan_after_reconnect_request(), "the server asked to reconnect (op 7)"), False
+        elif kind is SessionInvalid:
+            resumable = action.resumable  # type: ignore[union-attr]
+            await ws.close(ZOMBIE_CLOSE_CODE, "invalid session")
+            why = f"invalid session (op 9, resumable={str(resumable).lower()})"
+            return (plan_after_invalid_session(resumable), why), False
+        elif kind is Unknown:
+            self._ignore(f"op {action.op}", "opcode")  # type: ignore[union-attr]
+        return None, False
 
     def _ignore(self, what: str, kind: str) -> None:
         """Count a frame that is new to us; log it the first time only (a server sending
@@ -550,7 +570,7 @@ class QQBotAdapter(Adapter):
         if not seen:
             self.log.warning("ignoring an unknown {} from the gateway: {} (logged once)", kind, key)
 
-    async def _heartbeats(self, ws: ClientConnection, conn: Connection) -> None:
+    async def _heartbeats(self, ws: BatchingConnection, conn: Connection) -> None:
         """Heartbeats at the Hello interval, owned by one connection (cancelled with it)."""
         assert conn.heartbeat_interval is not None
         try:

@@ -58,12 +58,16 @@ class Frame:
     id: str | None
 
 
-def decode(raw: str | bytes) -> Frame:
+Payload = str | bytes | bytearray | memoryview
+"""One frame's payload: text, or its UTF-8 undecoded (checked as it is parsed)."""
+
+
+def decode(raw: Payload) -> Frame:
     """Parse one payload; :class:`QQMalformedFrame` says what is wrong with it."""
     return _frame(_load(raw))
 
 
-def _load(raw: str | bytes) -> Any:
+def _load(raw: Payload) -> Any:
     try:
         return orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -71,7 +75,7 @@ def _load(raw: str | bytes) -> Any:
         # ("\ud800"), which is legal JSON and which anyone can type into a message. The
         # standard library parses what JSON allows; only what it refuses too is malformed.
         try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw  # JSON is UTF-8 only
+            text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")  # UTF-8 only
             obj = json.loads(text, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise QQMalformedFrame(f"frame is not JSON: {exc}") from None
@@ -226,7 +230,7 @@ class Connection:
         self.awaiting_ack = False
         self.zombie = False
 
-    def receive(self, raw: str | bytes) -> list[Action]:
+    def receive(self, raw: Payload) -> list[Action]:
         # The hot path: a dispatched event (nearly every frame), checked as _frame() would,
         # without building a Frame first; anything else is parsed once and goes through it.
         obj = _load(raw)
