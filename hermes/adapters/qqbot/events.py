@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -84,9 +85,9 @@ def _str(d: dict[str, Any], key: str, event: str) -> str:
     raise ValueError(f"{event}: missing or empty {key!r}")
 
 
-def _timestamp(raw: Any) -> datetime | None:
-    if type(raw) is not str or not raw:
-        return None
+@functools.lru_cache(maxsize=64)
+def _timestamp(raw: str) -> datetime | None:
+    """The time of a message: one second's messages share one (immutable) object."""
     try:
         return datetime.fromisoformat(raw)
     except ValueError:
@@ -97,7 +98,8 @@ def parse_message(platform: str, event: str, d: Any, event_id: str | None = None
     """The inbound message in a message event; ``ValueError`` naming what is missing.
 
     ``event_id`` is the envelope's ``id``, kept in ``extra`` for replies that need it.
-    Strings in ``d`` hold no lone surrogate: the decoder made each one U+FFFD."""
+    Strings in ``d`` hold no lone surrogate: the decoder made each one U+FFFD. Called for
+    every event received, so the usual case is checked inline, the cheap way."""
     kind = MESSAGE_EVENTS[event]
     if not isinstance(d, dict):
         raise ValueError(f"{event}: 'd' is not an object")
@@ -106,12 +108,16 @@ def parse_message(platform: str, event: str, d: Any, event_id: str | None = None
         raise ValueError(f"{event}: missing 'author'")
     extra: dict[str, str] = {}
     name: str | None = None
-    if kind == "c2c":
+    if kind == "group":
+        author_id = author.get("member_openid")
+        if type(author_id) is not str or not author_id:
+            author_id = _str(author, "member_openid", event)
+        chat_id = d.get("group_openid")
+        if type(chat_id) is not str or not chat_id:
+            chat_id = _str(d, "group_openid", event)
+    elif kind == "c2c":
         author_id = _str(author, "user_openid", event)
         chat_id = author_id
-    elif kind == "group":
-        author_id = _str(author, "member_openid", event)
-        chat_id = _str(d, "group_openid", event)
     else:
         author_id = _str(author, "id", event)
         username = author.get("username")
@@ -126,16 +132,20 @@ def parse_message(platform: str, event: str, d: Any, event_id: str | None = None
                 extra["channel_id"] = d["channel_id"]
     if event_id:
         extra["event_id"] = event_id
+    message_id = d.get("id")
+    if type(message_id) is not str or not message_id:
+        message_id = _str(d, "id", event)
     content = d.get("content")
+    timestamp = d.get("timestamp")
     return InboundMessage(
-        platform=platform,
-        message_id=_str(d, "id", event),
-        chat_kind=kind,
-        chat_id=chat_id,
-        author_id=author_id,
-        text=content.strip() if isinstance(content, str) else "",
-        timestamp=_timestamp(d.get("timestamp")),
-        author_name=name,
-        event=event,
-        extra=extra,
+        platform,
+        message_id,
+        kind,
+        chat_id,
+        author_id,
+        content.strip() if type(content) is str else "",
+        _timestamp(timestamp) if type(timestamp) is str and timestamp else None,
+        name,
+        event,
+        extra,
     )
