@@ -218,9 +218,10 @@ def _values(arrivals: Sequence[Arrival], sqlite_: bool) -> list[tuple[Any, ...]]
 
 _SQLITE_ROWS_MAX = 1024
 """Rows in one SQLite INSERT at most (fewer if its limit on bound parameters is lower)."""
+_SQLITE_ROWS_STEP = 64
 
 
-@functools.cache
+@functools.lru_cache(maxsize=128)
 def _sqlite_insert(rows: int) -> str:
     """The INSERT of ``rows`` new inbox rows: parameter 1 is the first one's id (the others
     follow it), then each row's :data:`_BATCH_COLUMNS`; its ``updated_at`` is its
@@ -255,8 +256,8 @@ class InboxStore:
     def __init__(self, engine: Engine, instance_id: str) -> None:
         self.engine = engine
         self.instance_id = instance_id
-        self._sqlite_sizes: list[int] | None = None
-        """SQLite: the sizes of INSERT statements, in rows (see :meth:`_chunks`)."""
+        self._sqlite_largest: int | None = None
+        """SQLite: rows in one INSERT at most (see :meth:`_chunks`)."""
         self._next_id: int | None = None
         """SQLite: the id after the last batch's, while this store is the inbox's one writer
         (None: read it again)."""
@@ -363,19 +364,24 @@ class InboxStore:
         return [rid if rid in present else None for rid in range(first, first + n)]
 
     def _chunks(self, conn: Any, n: int) -> list[int]:
-        """Rows per INSERT for a batch of ``n``: powers of two, the largest first, each within
-        SQLite's limit on bound parameters. So a full batch of the default size is one
-        statement, and the driver's cache holds a dozen statements at most, however the
-        batches' sizes vary."""
-        if self._sqlite_sizes is None:
+        """Rows per INSERT for a batch of ``n``: as many of the largest statement as fit, then
+        the rest rounded down to a multiple of 64, then what is left. Two statements for any
+        batch up to the largest, and a bounded number of distinct statements (the driver
+        prepares each once and keeps it), however the batches' sizes vary."""
+        largest = self._sqlite_largest
+        if largest is None:
             limit = conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            largest = min(_SQLITE_ROWS_MAX, (limit - 1) // len(_BATCH_COLUMNS))
-            self._sqlite_sizes = [1 << i for i in reversed(range(largest.bit_length()))]
-        out = []
-        for size in self._sqlite_sizes:
-            while n >= size:
-                out.append(size)
-                n -= size
+            largest = max(1, min(_SQLITE_ROWS_MAX, (limit - 1) // len(_BATCH_COLUMNS)))
+            if largest >= _SQLITE_ROWS_STEP:
+                largest -= largest % _SQLITE_ROWS_STEP
+            self._sqlite_largest = largest
+        out = [largest] * (n // largest)
+        n %= largest
+        if n >= _SQLITE_ROWS_STEP:
+            out.append(n - n % _SQLITE_ROWS_STEP)
+            n %= _SQLITE_ROWS_STEP
+        if n:
+            out.append(n)
         return out
 
     @staticmethod
