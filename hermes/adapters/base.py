@@ -148,6 +148,9 @@ class Inbound(Protocol):
        READY) leaves a window before it is stored. Store a marker with :meth:`note_cursor`
        and wait for :meth:`committed` *before* asking for it; a start that finds the marker
        reports a gap; withdraw it when leaving without the new position.
+    6. Between reads, await :meth:`pace`: when the platform sends faster than the store
+       commits, it holds the next read back a little, so that the transport's flow control
+       slows the platform down before the inbox fills (and 2. would cost a reconnect).
     """
 
     def offer(
@@ -160,6 +163,11 @@ class Inbound(Protocol):
 
     async def committed(self) -> None:
         """Return once every event taken so far is stored."""
+
+    async def pace(self, limit: float) -> None:
+        """Return when the adapter may read on: at once, unless events arrive faster than the
+        store takes them; then once it has caught up, or after ``limit`` seconds at most (keep
+        it well below anything that must be read in time, such as a heartbeat's ACK)."""
 
     def cursor(self) -> tuple[dict[str, Any], datetime | None] | None:
         """The position to resume from, and when it was stored (None: in this process)."""
@@ -224,6 +232,9 @@ class LocalInbound:
 
     async def committed(self) -> None:
         await self._idle.wait()
+
+    async def pace(self, limit: float) -> None:
+        return  # nothing is stored: the queue's capacity is the only limit
 
     def cursor(self) -> tuple[dict[str, Any], datetime | None] | None:
         return (self._cursor, None) if self._cursor is not None else None

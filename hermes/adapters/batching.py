@@ -36,7 +36,7 @@ Message = bytes | bytearray | memoryview
 class BatchingConnection(ClientConnection):
     """A :class:`~websockets.asyncio.client.ClientConnection` read a batch at a time."""
 
-    max_waiting = 10_000
+    max_waiting = 1000
     """Messages received and not yet taken above which reading from the socket pauses (the
     reader is behind); it resumes when the reader takes them. A read completes many messages
     at once, so this bounds memory by about this many messages plus one read."""
@@ -51,11 +51,17 @@ class BatchingConnection(ClientConnection):
         """What :meth:`recv_batch` waits on when nothing is waiting."""
         self._reading_paused = False
 
-    async def recv_batch(self) -> list[Message]:
-        """Every message received and not yet taken, oldest first; waits for at least one.
+    async def recv_batch(self, limit: int | None = None) -> list[Message]:
+        """The messages received and not yet taken (at most ``limit``), oldest first; waits
+        for at least one.
 
-        Messages that arrived before the connection closed are returned first; after them,
-        :exc:`~websockets.exceptions.ConnectionClosed` is raised as ``recv()`` raises it."""
+        When messages were waiting already (the reader is behind), the event loop's other
+        tasks run first: a reader taking a long burst in slices does not hold them up for
+        all of it. Messages that arrived before the connection closed are returned first;
+        after them, :exc:`~websockets.exceptions.ConnectionClosed` is raised as ``recv()``
+        raises it."""
+        if self._waiting:
+            await asyncio.sleep(0)
         while not self._waiting:
             if self.protocol.state is CLOSED:
                 raise self.close_exc
@@ -64,8 +70,12 @@ class BatchingConnection(ClientConnection):
                 await self._wakeup
             finally:
                 self._wakeup = None
-        batch, self._waiting = self._waiting, []
-        if self._reading_paused:
+        if limit is None or len(self._waiting) <= limit:
+            batch, self._waiting = self._waiting, []
+        else:
+            batch = self._waiting[:limit]
+            del self._waiting[:limit]
+        if self._reading_paused and len(self._waiting) <= self.max_waiting:
             self._reading_paused = False
             self.transport.resume_reading()
         return batch

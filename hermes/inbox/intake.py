@@ -43,6 +43,11 @@ from watchdog.threads import DaemonWorker
 
 INBOX_FULL = "inbox_full"
 """Reason code of a platform the gateway keeps from reading: the inbox is full."""
+PACE_AHEAD = 4
+"""Batches waiting for the store above which adapters are held back a little (see pace)."""
+PACE_BEHIND = 3
+"""Batches waiting for the store at which held-back adapters read on: one commit after
+they were held, so that the store always has the next batches ready."""
 
 
 class InboxSettings(Section):
@@ -98,6 +103,8 @@ class Intake:
         """Events offered and taken so far (numbering for :meth:`committed`)."""
         self._stored_upto = 0
         self._commit_done = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        """Set when at most ``PACE_BEHIND`` batches wait (see :meth:`pace`)."""
         self._saved: dict[str, SavedCursor] = dict(saved or {})
         self._latest: dict[str, dict[str, Any]] = {}
         """The newest cursor taken per platform in this process (stored or on its way)."""
@@ -142,6 +149,19 @@ class Intake:
     async def room(self) -> None:
         """Wait until :meth:`offer` takes events again."""
         await self._room.wait()
+
+    async def pace(self, limit: float) -> None:
+        """Hold an adapter's next read back while the store works but falls behind: more than
+        ``PACE_AHEAD`` batches wait for it. Returns once it is down to ``PACE_BEHIND``
+        batches, or after ``limit``. The adapter then reads on; the transport's flow control
+        holds the platform meanwhile, so a burst is taken at the store's pace instead of
+        filling the inbox and costing a reconnect and a replay (see :meth:`offer`). A store
+        that is failing is not waited for: that is what ``max_pending`` is for."""
+        if self._store_error is not None or len(self._pending) < PACE_AHEAD * self.settings.batch:
+            return
+        self._caught_up.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caught_up.wait(), limit)
 
     async def committed(self) -> None:
         """Wait until every event taken so far is stored (for adapters that acknowledge
@@ -229,6 +249,7 @@ class Intake:
                 )
                 return False
             self._store_error = describe_exception(exc)
+            self._caught_up.set()  # nobody waits for a failing store (see pace)
             await asyncio.sleep(self.outage.failed(exc))
             return False
         self.outage.ok()
@@ -241,6 +262,8 @@ class Intake:
         self.replayed += done.replayed
         self.lost += done.lost
         self._commit_done.set()
+        if len(self._pending) <= PACE_BEHIND * self.settings.batch:
+            self._caught_up.set()
         if len(self._pending) <= self.settings.max_pending // 2:
             # Room again only once half has drained: every reopening costs the platform a
             # replay of everything after the cursor, so reopening after each batch would
@@ -307,6 +330,9 @@ class PlatformInbound:
 
     async def committed(self) -> None:
         await self.intake.committed()
+
+    async def pace(self, limit: float) -> None:
+        await self.intake.pace(limit)
 
     def cursor(self) -> tuple[dict[str, Any], datetime | None] | None:
         return self.intake.cursor(self.platform)

@@ -79,6 +79,11 @@ PRODUCTION_TOKEN_URL = "https://bots.qq.com/app/getAppAccessToken"
 IDENTIFYING = "identifying_since"
 """Key of the cursor stored before an Identify, until READY names the new session."""
 UNKNOWN_KINDS_MAX = 64
+READ_SLICE = 256
+"""Frames handled in one go at most: between slices the inbox's committer gets its turn."""
+PACE_SHARE = 0.1
+"""The longest the inbox may hold the next read back (see Inbound.pace), in heartbeat
+intervals: the ACK of a heartbeat may be in that read."""
 """Distinct unknown opcodes and event types counted (and logged) one by one; the rest together."""
 
 
@@ -425,8 +430,9 @@ class QQBotAdapter(Adapter):
             # Hello within hello_timeout, then READY/RESUMED within ready_timeout; then no limit.
             async with asyncio.timeout(self.s.hello_timeout) as handshake:
                 while True:
-                    # Every message of one read at once: the pump's one wake-up per read.
-                    end, became_ready, proof = await self._frames(ws, conn, await ws.recv_batch())
+                    # The frames received so far, in one go (at most a slice): one wake-up.
+                    batch = await ws.recv_batch(READ_SLICE)
+                    end, became_ready, proof = await self._frames(ws, conn, batch)
                     if proof:
                         proof_at = time.monotonic()
                     if not hello and conn.heartbeat_interval is not None:
@@ -441,6 +447,10 @@ class QQBotAdapter(Adapter):
                             )
                     if end is not None:
                         break
+                    if ready_at is not None and conn.heartbeat_interval is not None:
+                        # Read on at the store's pace (a burst); never so long that a
+                        # heartbeat's ACK waits unread for an interval.
+                        await self.inbound.pace(conn.heartbeat_interval * PACE_SHARE)
         except TimeoutError:
             what = "Hello" if conn.heartbeat_interval is None else "READY/RESUMED"
             end = Plan(Next.RESUME, Wait.BACKOFF), f"no {what} within the time limit"
