@@ -39,6 +39,7 @@ from hermes.jobrunner.ledger import DB_ERRORS, Ledger, Write
 from hermes.jobrunner.outbox import Outbox
 from hermes.jobrunner.runs import JobRunner
 from hermes.jobrunner.schedule import JobScheduler
+from hermes.runtime import settle
 from watchdog.backstop import STOP_BACKSTOP_GRACE, StopBackstop
 from watchdog.clock import Clock, SystemClock
 from watchdog.engine import EXIT_ESCALATE, EXIT_NOT_RETRYABLE, Escalation, WatchdogEngine
@@ -117,6 +118,9 @@ class Gateway:
         self.backstop_until_exit = False
         """Keep the backstop armed after :meth:`run` returns, until the process exits
         (:func:`run_gateway`); embedded, the stop is over when :meth:`run` returns."""
+        self.settle_when_ready = False
+        """Tune the interpreter for serving once ready (:func:`hermes.runtime.settle`): done
+        by :func:`run_gateway`, which owns the process; embedded, the host's is left alone."""
 
     # -- public
 
@@ -140,6 +144,8 @@ class Gateway:
             else:
                 self.notifier.ready()
                 self.ready.set()
+                if self.settle_when_ready:
+                    settle()
                 logger.info(
                     "gateway ready: {} platforms, tick every {:g} s, store {}, systemd {}",
                     len(self.config.platforms),
@@ -537,6 +543,7 @@ def run_gateway(gateway: Gateway, grace: float = 0.5) -> int:
     The process exits next, so an escalation's backstop stays armed until it has.
     """
     gateway.backstop_until_exit = True
+    gateway.settle_when_ready = True
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(gateway.run())
