@@ -1,10 +1,12 @@
 """A QQ client for the throughput benchmark: hermes' QQ adapter, counting inbound messages.
 
-    python hermes_client.py API_BASE TOKEN_URL APP_ID SECRET COUNT [reply|durable]
+    python hermes_client.py API_BASE TOKEN_URL APP_ID SECRET COUNT [reply|durable [STORE_URL]]
 
 Prints ``DONE <count> <monotonic>`` when COUNT
 messages were received and parsed (and, with ``reply``, each answered directly; with
-``durable``, each committed to the inbox of a new SQLite store, as in the gateway).
+``durable``, each committed to the inbox of a new store, as in the gateway: SQLite in a new
+directory, or the empty PostgreSQL schema of STORE_URL). The process is tuned as
+``hermes run`` tunes the gateway's once it is ready (:func:`hermes.runtime.settle`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hermes.adapters.qqbot import QQBotAdapter, QQBotSettings
 from hermes.inbox.intake import InboxSettings, Intake, PlatformInbound
 from hermes.inbox.store import InboxStore, Stored
 from hermes.messages import InboundMessage, OutboundMessage
+from hermes.runtime import settle
 from watchdog.heartbeat import HeartbeatBoard, PlatformPolicy
 from watchdog.store import StateStore, default_sqlite_url
 
@@ -66,7 +69,8 @@ async def main() -> None:
     adapter.on_message = count_message
     intake = None
     if mode == "durable":
-        intake, store = await durable_inbox(tempfile.mkdtemp(prefix="hermes-bench-"))
+        url = sys.argv[7] if len(sys.argv) > 7 else None
+        intake, store = await durable_inbox(url)
 
         def stored(rows: list[Stored]) -> None:
             nonlocal received
@@ -78,6 +82,7 @@ async def main() -> None:
         intake.on_stored = stored
         adapter.inbound = PlatformInbound(intake, "qq")
         committer = asyncio.get_running_loop().create_task(intake.run(), name="bench:inbox")
+    settle()
     task = asyncio.get_running_loop().create_task(adapter.run(), name="bench:qq-adapter")
     await done.wait()
     await adapter.close()
@@ -88,9 +93,9 @@ async def main() -> None:
         store.close()
 
 
-async def durable_inbox(directory: str) -> tuple[Intake, StateStore]:
-    """The gateway's inbox on a new SQLite store: group commit on a thread of its own."""
-    store = StateStore(default_sqlite_url(directory))
+async def durable_inbox(url: str | None) -> tuple[Intake, StateStore]:
+    """The gateway's inbox on a new store: group commit on a thread of its own."""
+    store = StateStore(url or default_sqlite_url(tempfile.mkdtemp(prefix="hermes-bench-")))
     store.migrate()
     intake = Intake(InboxStore(store.engine, "bench"), InboxSettings(), on_stored=lambda rows: None)
     return intake, store
