@@ -240,14 +240,15 @@ def _sqlite_insert(rows: int) -> str:
 
 _PG_INSERT = (
     f"INSERT INTO inbox ({', '.join(_BATCH_COLUMNS)}, updated_at, status, run_id, attempts) "
-    f"SELECT {', '.join(f'c{i}' for i in range(len(_BATCH_COLUMNS)))}, c11, 'received', NULL, 0 "
-    f"FROM unnest({', '.join(['%s::text[]'] * 10)}, %s::timestamptz[], %s::timestamptz[]) "
-    f"AS u({', '.join(f'c{i}' for i in range(len(_BATCH_COLUMNS)))}) "
+    f"SELECT {', '.join(f'r->>{i}' for i in range(10))}, (r->>10)::timestamptz, "
+    "(r->>11)::timestamptz, (r->>11)::timestamptz, 'received', NULL, 0 "
+    "FROM jsonb_array_elements(%s::jsonb) AS r "
     "ON CONFLICT (platform, event_id) DO NOTHING RETURNING id, platform, event_id"
 )
-"""One statement for a whole batch on PostgreSQL: a column of values per array parameter,
-and the new rows' ids back from RETURNING."""
-assert _BATCH_COLUMNS.index("received_at") == 11
+"""One statement for a whole batch on PostgreSQL: the rows as one JSON array parameter
+(orjson writes it in C; psycopg's adaptation of a list per column took 50 us a row in
+Python), unpacked by the server, and the new rows' ids back from RETURNING."""
+assert _BATCH_COLUMNS.index("sent_at") == 10 and _BATCH_COLUMNS.index("received_at") == 11
 
 
 class InboxStore:
@@ -386,10 +387,10 @@ class InboxStore:
 
     @staticmethod
     def _insert_postgresql(conn: Any, rows: list[tuple[Any, ...]]) -> list[int | None]:
-        columns = tuple(list(c) for c in zip(*rows, strict=True))
+        batch = orjson.dumps(rows).decode()  # times are aware UTC (_time): ISO 8601 with offset
         new = {
             (platform, event_id): int(rid)
-            for rid, platform, event_id in conn.exec_driver_sql(_PG_INSERT, columns)
+            for rid, platform, event_id in conn.exec_driver_sql(_PG_INSERT, (batch,))
         }
         # A second copy of an event in one batch was skipped: the first one took the id.
         return [new.pop((r[0], r[1]), None) for r in rows]
