@@ -39,7 +39,7 @@ from hermes.jobrunner.ledger import DB_ERRORS, Ledger, Write
 from hermes.jobrunner.outbox import Outbox
 from hermes.jobrunner.runs import JobRunner
 from hermes.jobrunner.schedule import JobScheduler
-from hermes.runtime import settle
+from hermes.runtime import release, settle
 from watchdog.backstop import STOP_BACKSTOP_GRACE, StopBackstop
 from watchdog.clock import Clock, SystemClock
 from watchdog.engine import EXIT_ESCALATE, EXIT_NOT_RETRYABLE, Escalation, WatchdogEngine
@@ -418,6 +418,8 @@ class Gateway:
             self.db.stop()
         if self.store is not None:
             self.store.close()
+        if self.settle_when_ready:
+            release()
         # The last notification: systemd keeps this StatusText while the unit waits to restart
         # and after the start limit, next to Result=exit-code and status=75 (systemd 252 has
         # no EXIT_STATUS=; the exit status itself is what it records).

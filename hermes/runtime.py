@@ -14,7 +14,10 @@ generation the collector no longer walks), and raises the youngest generation's 
 so that a burst's short-lived objects are mostly freed by reference counting before the
 collector looks at them. Memory is freed as before (reference counting frees nearly
 everything; cycles are still collected, in larger steps); only objects alive at start-up
-stay out of the collector's sight, and those live as long as the process anyway.
+stay out of the collector's sight. Most live as long as the process; what start-up built
+and later let go of (a replaced adapter, a database connection the pool dropped) is collected
+by :func:`release` when the gateway stops, so that its finalizers still run: a SQLite
+connection left unclosed would leave the store's ``-wal`` and ``-shm`` files behind.
 """
 
 from __future__ import annotations
@@ -32,3 +35,10 @@ def settle() -> None:
     young, older, oldest = gc.get_threshold()
     if young:  # 0: collection is off, and stays so
         gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), older, oldest)
+
+
+def release() -> None:
+    """At stop: give what :func:`settle` froze back to the collector, and collect it (closing
+    what only a finalizer closes)."""
+    gc.unfreeze()
+    gc.collect()
