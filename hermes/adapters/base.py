@@ -147,7 +147,9 @@ class Inbound(Protocol):
     5. A position the platform names only after it starts sending (QQ: the session id in
        READY) leaves a window before it is stored. Store a marker with :meth:`note_cursor`
        and wait for :meth:`committed` *before* asking for it; a start that finds the marker
-       reports a gap; withdraw it when leaving without the new position.
+       reports a gap; withdraw it when leaving without the new position. Once the position
+       is named, note it and wait for :meth:`committed` before reading on: the window is
+       then one small commit, not a batch of events.
     6. Between reads, await :meth:`pace`: when the platform sends faster than the store
        commits, it holds the next read back a little, so that the transport's flow control
        slows the platform down before the inbox fills (and 2. would cost a reconnect).

@@ -175,6 +175,9 @@ class QQBotAdapter(Adapter):
         self.inbound = LocalInbound(self, settings.handler_queue)
         self._held = False
         """An event was refused by the inbox (full): reconnect only once it has room."""
+        self._new_session_noted = False
+        """READY named a new session and it is on its way to the inbox: wait for its commit
+        before the next frame."""
         self._identifying = False
         """The inbox holds an identify marker (see :meth:`_mark_identify`) and no READY
         has replaced it with the new session yet."""
@@ -527,6 +530,13 @@ class QQBotAdapter(Adapter):
                         break
             if end is not None:
                 break
+            if self._new_session_noted:
+                # Store the new session's id before reading its events: a kill before this
+                # commit loses what the platform sends the session (a gap on record, see
+                # _mark_identify), and the window is one small commit, not a batch of events.
+                self._new_session_noted = False
+                if await self._until(self.inbound.committed()):
+                    break
         if proof:
             self.handle.beat()
         return end, became_ready, proof
@@ -550,6 +560,7 @@ class QQBotAdapter(Adapter):
                 # replaces the identify marker, in order with the events that follow.
                 self.inbound.note_cursor(self._cursor())
                 self._identifying = False
+                self._new_session_noted = True
             self.log.info(
                 "session {} ({}), heartbeat every {:g} s",
                 "resumed" if action.resumed else "ready",  # type: ignore[union-attr]
