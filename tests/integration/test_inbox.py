@@ -94,7 +94,7 @@ async def test_a_burst_larger_than_every_queue_is_stored_and_answered_without_a_
         inbox_table="[inbox]\nbatch = 50\nflush_after = 0.05\nmax_pending = 100\n"
         "[runner]\nmax_concurrency = 8\nmax_waiting = 20\n",
     )
-    n = 1200
+    n = 3000
     async with gateway(config) as (gw, task):
         await sim.wait_ready(t(5))
         ids = await sim.burst(n, kind="group", chats=[f"G{i}" for i in range(40)])
