@@ -17,8 +17,8 @@ from typing import Any
 
 from common import Section, median, p95, verdict
 
-from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.config import load_config
+from hermes.simulators.qqbot import QQSimulator
 from tests.support.configs import write_config
 from tests.support.notify import NotifyListener
 from tests.support.proc import GatewayProcess

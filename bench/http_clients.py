@@ -20,7 +20,7 @@ import sys
 
 from common import REPO, Section, median
 
-from hermes.adapters.qqbot.simulator import QQSimulator
+from hermes.simulators.qqbot import QQSimulator
 from tests.support.proc import child_env
 
 SENDER = REPO / "bench" / "clients" / "http_sender.py"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import Section
 
-from hermes.adapters.qqbot.simulator import QQSimulator, prepare_flood, write_raw
+from hermes.simulators.qqbot import QQSimulator, prepare_flood, write_raw
 from tests.support.configs import write_config
 from tests.support.notify import NotifyListener
 from tests.support.proc import GatewayProcess

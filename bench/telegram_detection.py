@@ -22,7 +22,7 @@ from pathlib import Path
 from common import Section
 from telegram_receive import AIOGRAM, CLIENTS, PTB
 
-from hermes.adapters.telegram.simulator import TelegramSimulator
+from hermes.simulators.telegram import TelegramSimulator
 from tests.support.configs import write_config
 from tests.support.proc import HERMES, child_env
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common import REPO, Section, median
 
-from hermes.adapters.telegram.simulator import TelegramSimulator
+from hermes.simulators.telegram import TelegramSimulator
 from tests.support.configs import write_config
 from tests.support.proc import GatewayProcess, child_env
 

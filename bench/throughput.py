@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common import REPO, Section, median
 
-from hermes.adapters.qqbot.simulator import QQSimulator, prepare_flood, write_raw
+from hermes.simulators.qqbot import QQSimulator, prepare_flood, write_raw
 from tests.support.configs import write_config
 from tests.support.proc import GatewayProcess, child_env
 

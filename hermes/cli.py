@@ -274,7 +274,7 @@ def _positive_int(text: str) -> int:
 def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
     import json
 
-    from hermes.adapters.qqbot.simulator import (
+    from hermes.simulators.qqbot import (
         DEFAULT_REPLAY_LIMIT,
         DEFAULT_RESUME_WINDOW,
         QQSimulator,
@@ -354,7 +354,7 @@ def cmd_simulate_qqbot(args: argparse.Namespace) -> int:
 def cmd_simulate_telegram(args: argparse.Namespace) -> int:
     import json
 
-    from hermes.adapters.telegram.simulator import (
+    from hermes.simulators.telegram import (
         CONFLICT_PACING,
         DEFAULT_TOKEN,
         Script,

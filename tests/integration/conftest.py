@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from hermes.adapters.qqbot.simulator import QQSimulator
-from hermes.adapters.telegram.simulator import TelegramSimulator
+from hermes.simulators.qqbot import QQSimulator
+from hermes.simulators.telegram import TelegramSimulator
 from tests.support.pgserver import PgServer, missing_reason
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.config import load_config
 from hermes.inbox.schema import inbound_cursors, inbox
+from hermes.simulators.qqbot import QQSimulator
 from tests.support.configs import qq_platform, write_config
 from tests.support.inprocess import gateway
 from tests.support.proc import HERMES_WATCHDOG, GatewayProcess, run_cli

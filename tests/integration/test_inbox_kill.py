@@ -26,8 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.inbox.schema import inbox
+from hermes.simulators.qqbot import QQSimulator
 from tests.integration.test_inbox import qq, table
 from tests.support.configs import write_config
 from tests.support.proc import HERMES_WATCHDOG, GatewayProcess, run_cli

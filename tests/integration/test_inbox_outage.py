@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.inbox.intake import INBOX_FULL, InboxSettings, Intake
 from hermes.inbox.schema import inbox
 from hermes.inbox.store import InboxStore
 from hermes.messages import InboundMessage
+from hermes.simulators.qqbot import QQSimulator
 from tests.integration.test_inbox import qq, table
 from tests.support.configs import write_config
 from tests.support.inprocess import gateway

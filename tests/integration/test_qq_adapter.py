@@ -17,9 +17,9 @@ import pytest
 from loguru import logger
 
 from hermes.adapters.qqbot import QQBotAdapter, QQBotSettings
-from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.errors import AlreadyDelivered, QQRateLimited, SendError
 from hermes.messages import InboundMessage, OutboundMessage
+from hermes.simulators.qqbot import QQSimulator
 from tests.support.timing import t
 from watchdog.heartbeat import HeartbeatBoard, PlatformHandle, PlatformPolicy, PlatformRecord
 from watchdog.states import DeclaredState

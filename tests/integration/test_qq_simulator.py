@@ -19,7 +19,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from hermes.adapters.qqbot.simulator import QQSimulator, SimConnection
+from hermes.simulators.qqbot import QQSimulator, SimConnection
 from tests.support.timing import t
 
 

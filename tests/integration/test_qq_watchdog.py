@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from hermes.adapters.qqbot.auth import TokenManager
-from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.errors import QQTokenUnavailable
+from hermes.simulators.qqbot import QQSimulator
 from tests.qq_variants import RETURNED_AT
 from tests.support.configs import write_config
 from tests.support.inprocess import gateway, stored_for

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from hermes.adapters.qqbot.simulator import QQSimulator
 from hermes.config import load_config
 from hermes.jobrunner.groupcommit import GroupCommit
 from hermes.jobrunner.ledger import (
@@ -24,6 +23,7 @@ from hermes.jobrunner.ledger import (
     Outgoing,
     StartRun,
 )
+from hermes.simulators.qqbot import QQSimulator
 from tests.support.configs import qq_platform, write_config
 from tests.support.inprocess import gateway
 from tests.support.timing import t

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from hermes.adapters.qqbot import adapter as qq_adapter
-from hermes.adapters.qqbot.simulator import Fault, QQSimulator
 from hermes.config import load_config
 from hermes.gateway import Gateway
 from hermes.jobrunner.ledger import Ledger
+from hermes.simulators.qqbot import Fault, QQSimulator
 from tests.support.configs import qq_platform, write_config
 from tests.support.inprocess import gateway
 from tests.support.notify import NotifyListener

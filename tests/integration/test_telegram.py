@@ -18,10 +18,10 @@ from loguru import logger
 
 from hermes.adapters.base import LocalInbound
 from hermes.adapters.telegram import TelegramAdapter, TelegramSettings
-from hermes.adapters.telegram.simulator import TelegramSimulator
 from hermes.errors import TelegramMessageRejected
 from hermes.inbox.schema import inbound_cursors, inbox
 from hermes.messages import OutboundMessage
+from hermes.simulators.telegram import TelegramSimulator
 from tests.integration.test_inbox import table
 from tests.support.configs import write_config
 from tests.support.inprocess import gateway, stored_for

@@ -18,8 +18,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 
-from hermes.adapters.telegram.simulator import TelegramSimulator
 from hermes.inbox.schema import inbox
+from hermes.simulators.telegram import TelegramSimulator
 from tests.integration.test_inbox import table
 from tests.integration.test_telegram import platform
 from tests.support.configs import write_config

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hermes.adapters.telegram.simulator import (
+from hermes.simulators.telegram import (
     CONFLICT_POLLER,
     CONFLICT_WEBHOOK,
     TelegramSimulator,
