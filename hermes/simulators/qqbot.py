@@ -83,6 +83,8 @@ import h11
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from hermes.simulators.base import Observed
+
 CN = timezone(timedelta(hours=8), "CST")
 
 # Passive-reply windows from the docs: C2C 60 min, group / channel / DM 5 min.
@@ -233,7 +235,7 @@ class ReplyCensus:
         return not self.unanswered and not self.repeated
 
 
-class QQSimulator:
+class QQSimulator(Observed):
     """See the module docstring. Use as ``async with QQSimulator(...) as sim:``."""
 
     def __init__(
@@ -255,6 +257,7 @@ class QQSimulator:
         refuse_resume_with: str = "close",
         client_close_ends_session: bool = True,
     ) -> None:
+        super().__init__()
         if not resume_window >= 0:
             raise ValueError(
                 f"QQSimulator: resume_window must be >= 0 seconds, got {resume_window!r}"
@@ -322,10 +325,7 @@ class QQSimulator:
         self.handshake_delay = 0.0
         """Seconds the WebSocket opening handshake takes (a slow gateway)."""
         self.handshakes = 0
-        self.observer: Callable[[str], None] | None = None
-        """Called with a one-line description of everything the bot does (for the CLI and demo)."""
         self._after_sent: list[tuple[int, Callable[[], object]]] = []
-        self._changed = asyncio.Condition()
         self._http: asyncio.Server | None = None
         self._ws_server: Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -397,24 +397,6 @@ class QQSimulator:
         }
 
     # -- waiting for the bot
-
-    async def _notify(self, event: str | None = None) -> None:
-        if event is not None and self.observer is not None:
-            self.observer(event)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_until(self, condition: Callable[[], object], timeout: float, what: str) -> None:
-        """Wait until ``condition()`` holds (re-checked whenever the bot does something)."""
-
-        async def waiter() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: bool(condition()))
-
-        try:
-            await asyncio.wait_for(waiter(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"simulator: {what} not seen within {timeout:g} s") from None
 
     @property
     def current(self) -> SimConnection | None:

@@ -66,6 +66,8 @@ from urllib.parse import parse_qsl
 import h11
 import orjson
 
+from hermes.simulators.base import Observed
+
 DEFAULT_TOKEN = "123456789:SIMULATOR-aaaaaaaaaaaaaaaaaaaaaaaaaaa"
 MAX_TIMEOUT = 50
 TEXT_LIMIT = 4096
@@ -161,7 +163,7 @@ class _Waiter:
     competitor: bool = False
 
 
-class TelegramSimulator:
+class TelegramSimulator(Observed):
     """See the module docstring. ``async with TelegramSimulator() as sim:``."""
 
     def __init__(
@@ -175,6 +177,7 @@ class TelegramSimulator:
         repeat_hold: float = REPEAT_HOLD,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.token = token
         self.username = username
         self.bot_id = int(token.split(":")[0]) if ":" in token else 1
@@ -211,7 +214,6 @@ class TelegramSimulator:
         """Updates not created because ``allowed_updates`` excluded their type."""
         self.stolen = 0
         """Updates the competing poller (:meth:`compete`) got instead of the bot."""
-        self.observer: Callable[[str], None] | None = None
         self._burst: dict[int, int] = {}
         """update id -> its position in its burst (1-based), for after_delivered."""
         self._burst_out = 0
@@ -221,7 +223,6 @@ class TelegramSimulator:
         self._prev_start = -1e9
         self._next_conflict = -1e9
         self._arrived = asyncio.Event()
-        self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._competitor: asyncio.Task[None] | None = None
@@ -273,24 +274,6 @@ class TelegramSimulator:
         return {"api_base": self.api_base, **overrides}
 
     # -- waiting for the bot
-
-    async def _notify(self, event: str | None = None) -> None:
-        if event is not None and self.observer is not None:
-            self.observer(event)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_until(self, condition: Callable[[], object], timeout: float, what: str) -> None:
-        """Wait until ``condition()`` holds (checked whenever the bot calls)."""
-
-        async def waiter() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: bool(condition()))
-
-        try:
-            await asyncio.wait_for(waiter(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"simulator: {what} not seen within {timeout:g} s") from None
 
     # -- injecting updates
 
