@@ -181,6 +181,11 @@ class Inbound(Protocol):
     def gap(self, detail: str, size: int | None = None) -> None:
         """Events the platform will not send again: recorded (``inbound_gap``) and counted."""
 
+    def lose(self, detail: str) -> None:
+        """An event received but impossible to store (it cannot be decoded): counted in
+        ``inbound_cursors.lost`` with the next commit and shown by status, never dropped with
+        a log line alone. The cursor goes on past it."""
+
 
 class LocalInbound:
     """Inbound for an adapter run on its own (tests, embedding): events go to the adapter's
@@ -200,6 +205,7 @@ class LocalInbound:
         self._worker: asyncio.Task[Any] | None = None
         self._tasks = TaskRegistry()
         self.gaps: list[tuple[str, int | None]] = []
+        self.lost: list[str] = []
 
     def offer(
         self, message: InboundMessage, cursor: dict[str, Any] | None, event_id: str | None = None
@@ -248,3 +254,7 @@ class LocalInbound:
         self.adapter.log.error("inbound gap: {}", detail)
         self.gaps.append((detail, size))
         self._cursor = None
+
+    def lose(self, detail: str) -> None:
+        self.adapter.log.error("inbound event lost: {}", detail)
+        self.lost.append(detail)

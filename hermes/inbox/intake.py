@@ -95,6 +95,8 @@ class Intake:
         self._stamp = now_utc()
         self._stamped_ns = time.monotonic_ns()
         self._gaps: list[Gap] = []
+        self._dropped: dict[str, list[str]] = {}
+        """Events lost before they could be offered (see :meth:`lose`), per platform."""
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._room = asyncio.Event()
@@ -189,6 +191,13 @@ class Intake:
         self._saved.pop(platform, None)
         self._arrived.set()
 
+    def lose(self, platform: str, detail: str) -> None:
+        """Count an event received but impossible to store (``inbound_cursors.lost``, with
+        the next commit); the cursor goes on past it."""
+        logger.bind(platform=platform).error("inbound event lost: {}", detail)
+        self._dropped.setdefault(platform, []).append(detail)
+        self._arrived.set()
+
     def note_cursor(self, platform: str, cursor: dict[str, Any]) -> None:
         """A new position without an event (a new session): stored in order with the events,
         so that a later start resumes the new session, not the old one."""
@@ -208,20 +217,22 @@ class Intake:
         s = self.settings
         while True:
             await self._arrived.wait()
-            if len(self._pending) < s.batch and not self._gaps:
+            if len(self._pending) < s.batch and not self._gaps and not self._dropped:
                 # Let a batch gather: until it is full, or flush_after after the first row.
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), s.flush_after)
             await self._commit_once()
-            if not self._pending and not self._gaps:
+            if not self._pending and not self._gaps and not self._dropped:
                 self._arrived.clear()
 
     async def flush(self, batches: int | None = None) -> None:
         """Commit everything waiting now (at stop), or at most ``batches`` batches; an outage
         leaves it unstored, and the platform's replay after the stored cursor brings it back."""
         done = 0
-        while (self._pending or self._gaps) and (batches is None or done < batches):
+        while (self._pending or self._gaps or self._dropped) and (
+            batches is None or done < batches
+        ):
             if not await self._commit_once(retry=False):
                 return
             done += 1
@@ -229,6 +240,7 @@ class Intake:
     async def _commit_once(self, *, retry: bool = True) -> bool:
         n = min(len(self._pending), self.settings.batch)
         gaps = list(self._gaps)
+        dropped = {p: list(d) for p, d in self._dropped.items()}
         cursors: dict[str, dict[str, Any]] = {}
         arrivals = []
         for platform, arrival, cursor in itertools.islice(self._pending, n):
@@ -237,7 +249,9 @@ class Intake:
             if arrival is not None:
                 arrivals.append(arrival)
         try:
-            done: Committed = await self.db.call(self.store.commit, arrivals, cursors, gaps)
+            done: Committed = await self.db.call(
+                self.store.commit, arrivals, cursors, gaps, dropped
+            )
         except DB_ERRORS as exc:
             if is_row_error(exc):
                 raise  # commit() handles row errors itself; this is a bug
@@ -257,6 +271,13 @@ class Intake:
         for _ in range(n):
             self._pending.popleft()
         del self._gaps[: len(gaps)]
+        for platform, details in dropped.items():
+            left = self._dropped[platform][len(details) :]
+            if left:
+                self._dropped[platform] = left
+            else:
+                del self._dropped[platform]
+            self.lost += len(details)
         self._stored_upto += n
         self.stored += len(done.stored)
         self.replayed += done.replayed
@@ -342,3 +363,6 @@ class PlatformInbound:
 
     def gap(self, detail: str, size: int | None = None) -> None:
         self.intake.gap(self.platform, detail, size)
+
+    def lose(self, detail: str) -> None:
+        self.intake.lose(self.platform, detail)

@@ -272,16 +272,19 @@ class InboxStore:
         arrivals: Sequence[Arrival],
         cursors: Mapping[str, dict[str, Any]],
         gaps: Sequence[Gap] = (),
+        dropped: Mapping[str, list[str]] | None = None,
     ) -> Committed:
         """Store a batch of arrivals and advance each platform's cursor past them, in one
         transaction. A row the database refuses (its data, not an outage) is retried alone,
         clipped; one refused even then is counted as lost for its platform, never dropped
-        silently. An outage raises, and nothing of the batch is stored."""
+        silently. ``dropped``: events an adapter could not even decode, counted as lost too.
+        An outage raises, and nothing of the batch is stored."""
         now = now_utc()
+        dropped = dropped or {}
         try:
             with self.engine.begin() as conn:
                 ids = self._insert(conn, arrivals)
-                self._advance(conn, cursors, gaps, {}, now)
+                self._advance(conn, cursors, gaps, dropped, now)
             self._next_id, self._used_to = self._used_to, None  # committed: the ids are taken
             return self._committed(arrivals, ids, {})
         except Exception as exc:
@@ -317,7 +320,8 @@ class InboxStore:
                 lost.setdefault(a.message.platform, []).append(f"event {a.event_id}: {why}")
             ids.append(rid)
         with self.engine.begin() as conn:
-            self._advance(conn, cursors, gaps, lost, now)
+            everything = {p: dropped.get(p, []) + lost.get(p, []) for p in {*dropped, *lost}}
+            self._advance(conn, cursors, gaps, everything, now)
         return self._committed(arrivals, ids, lost)
 
     def _insert(self, conn: Any, arrivals: Sequence[Arrival]) -> list[int | None]:

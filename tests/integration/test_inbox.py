@@ -110,6 +110,25 @@ async def test_a_burst_larger_than_every_queue_is_stored_and_answered_without_a_
     assert_each_exactly_once(config, sim, ids)
 
 
+async def test_an_event_that_cannot_be_decoded_is_counted_lost_in_sql_and_shown(tmp_path, sim):
+    config = config_for(tmp_path, sim)
+    async with gateway(config) as (gw, task):
+        conn = await sim.wait_ready(t(5))
+        await conn.ws.send("{this is not json")
+        await sim.dispatch("C2C_MESSAGE_CREATE", {"id": "x", "author": {}})  # no user_openid
+        after = await sim.send_message("c2c", "after them")
+        await sim.wait_until(lambda: accepted_replies(sim)[after] == 1, t(5), "answered")
+        assert gw.intake is not None
+        await gw.intake.flush()
+    assert task.result() == 0
+    ((cursor,),) = [[r for r in table(config, inbound_cursors) if r["platform"] == "qq"]]
+    assert cursor["lost"] == 2
+    assert "C2C_MESSAGE_CREATE" in cursor["last_lost"]
+    status = run_cli(HERMES_WATCHDOG, "status", "--config", str(config))
+    assert "on record: 0 gaps, 2 lost" in status.stdout, status.stdout
+    assert_each_exactly_once(config, sim, [after])
+
+
 async def test_an_event_already_in_the_inbox_runs_nothing_again(tmp_path, sim):
     config = config_for(tmp_path, sim)
     async with gateway(config) as (_gw, task):

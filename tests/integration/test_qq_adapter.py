@@ -285,6 +285,9 @@ async def test_a_malformed_frame_is_dropped_and_the_session_goes_on(sim, bot):
     assert m.text == "fine"
     assert bot.adapter.malformed == 1
     assert len(sim.connections) == 1
+    # Both accounted (with a gateway: inbound_cursors.lost), not just logged.
+    lost = bot.adapter.inbound.lost
+    assert len(lost) == 2 and "a malformed frame" in lost[0] and "C2C_MESSAGE_CREATE" in lost[1]
 
 
 async def test_unknown_opcodes_and_event_types_are_logged_once_and_ignored(sim, bot, warnings):

@@ -504,7 +504,7 @@ class QQBotAdapter(Adapter):
                 actions = conn.receive(raw)
             except QQMalformedFrame as exc:
                 self.malformed += 1
-                self.log.error("dropping a malformed frame: {}", exc)
+                self.inbound.lose(f"a malformed frame: {exc}")
                 continue
             for action in actions:
                 kind = type(action)
@@ -622,7 +622,7 @@ class QQBotAdapter(Adapter):
         try:
             message = events.parse_message(self.name, event.t, event.d, event.id)
         except ValueError as exc:
-            self.log.error("dropping a malformed {} (s={}): {}", event.t, event.s, exc)
+            self.inbound.lose(f"a malformed {event.t} (s={event.s}): {exc}")
             return True
         if self.recent.seen(message.message_id):
             self.duplicates += 1
