@@ -67,23 +67,20 @@ import asyncio
 import contextlib
 import inspect
 import json
-import os
 import secrets
-import signal
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import h11
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from hermes.simulators.base import Observed
+from hermes.simulators.base import Observed, read_request, sigkill
 
 CN = timezone(timedelta(hours=8), "CST")
 
@@ -876,7 +873,7 @@ class QQSimulator(Observed):
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request, body = await self._read_request(conn, reader)
+                request, body = await read_request(conn, reader)
                 if request is None:
                     return
                 status, payload, keep = await self._route(request, body)
@@ -900,28 +897,6 @@ class QQSimulator(Observed):
         finally:
             self._handlers.discard(task)
             writer.close()
-
-    async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
-    ) -> tuple[h11.Request | None, bytes]:
-        request: h11.Request | None = None
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                if not data and request is None:
-                    return None, b""
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return request, body
-            elif isinstance(event, h11.ConnectionClosed):
-                return None, b""
 
     async def _route(self, request: h11.Request, raw: bytes) -> tuple[int, Any, bool]:
         method = request.method.decode()
@@ -1157,23 +1132,9 @@ async def run_burst(sim: QQSimulator, script: Script, say: Callable[[str], None]
         def kill() -> None:
             session = sim.session
             seq = session.seq if session is not None else 0
-            pid = script.kill_pid
-            if script.kill_pid_file:
-                try:
-                    pid = int(Path(script.kill_pid_file).read_text().strip())
-                except (OSError, ValueError) as exc:
-                    say(
-                        f"burst: event {k} sent (seq {seq}); no pid in {script.kill_pid_file}: {exc}"
-                    )
-                    return
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                say(f"burst: event {k} sent (seq {seq}); pid {pid} does not exist, nothing killed")
-            except PermissionError:
-                say(f"burst: event {k} sent (seq {seq}); not allowed to kill pid {pid}")
-            else:
-                say(f"burst: event {k} sent (seq {seq}); killed pid {pid} with SIGKILL")
+            say(
+                f"burst: event {k} sent (seq {seq}); {sigkill(script.kill_pid, script.kill_pid_file)}"
+            )
 
         sim.after_sent(k, kill)
     say(f"burst: sending {script.burst} group messages")

@@ -49,24 +49,20 @@ count losses and repeats from the platform's side.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
-import os
 import re
-import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import h11
 import orjson
 
-from hermes.simulators.base import Observed
+from hermes.simulators.base import Observed, read_request, sigkill
 
 DEFAULT_TOKEN = "123456789:SIMULATOR-aaaaaaaaaaaaaaaaaaaaaaaaaaa"
 MAX_TIMEOUT = 50
@@ -476,7 +472,7 @@ class TelegramSimulator(Observed):
                 if self.stall:
                     await self._released.wait()
                     return
-                request, body = await self._read(conn, reader)
+                request, body = await read_request(conn, reader)
                 if request is None:
                     return
                 try:
@@ -507,28 +503,6 @@ class TelegramSimulator(Observed):
             self._handlers.discard(task)
             self._writers.discard(writer)
             writer.close()
-
-    async def _read(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
-    ) -> tuple[h11.Request | None, bytes]:
-        request: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)
-                if not data and request is None:
-                    return None, b""
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return request, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed):
-                return None, b""
 
     async def _route(
         self, request: h11.Request, body: bytes
@@ -925,14 +899,8 @@ async def _run_burst(sim: TelegramSimulator, script: Script, say: Callable[[str]
     if script.kill_after:
 
         def kill() -> None:
-            pid = script.kill_pid
-            if script.kill_pid_file:
-                with contextlib.suppress(OSError, ValueError):
-                    pid = int(Path(script.kill_pid_file).read_text().strip())
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                say(f"burst: SIGKILLed pid {pid} after update {script.kill_after} went out")
+            outcome = sigkill(script.kill_pid, script.kill_pid_file)
+            say(f"burst: update {script.kill_after} went out; {outcome}")
 
         sim.after_delivered(script.kill_after, kill)
     ids = sim.burst(script.burst, script.burst_kind, chats=8)
